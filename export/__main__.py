@@ -1,0 +1,56 @@
+"""`python -m export`: export MODEL_NAME into HF_CACHE_DIR (every flag also reads its environment variable)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from export.errors import ExportError
+from export.settings import ExportSettings
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line flags; each defaults to its environment variable."""
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    p.add_argument("--model", help="MODEL_NAME: Hub id, local folder, or builtin:tiny-random")
+    p.add_argument("--cache-dir", help="HF_CACHE_DIR: where downloads and exports live")
+    p.add_argument("--precision", help="EXPORT_PRECISION: fp32 | fp16 | int8 | int4")
+    p.add_argument("--formats", help="EXPORT_FORMATS: openvino, onnx or openvino,onnx")
+    p.add_argument("--revision", help="MODEL_REVISION: Hub branch, tag or commit")
+    p.add_argument("--check", action="store_true", help="exit 0 if a finished export exists, 1 if not; export nothing")
+    p.add_argument("--print-dir", action="store_true", help="print the export folder and exit")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    """Run the export; expected failures print one line and return 1 (2 for bad settings)."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s export %(levelname)s %(message)s")
+    try:
+        formats = tuple(f.strip() for f in args.formats.split(",")) if args.formats else None
+        settings = ExportSettings.from_env(model_name=args.model, cache_dir=args.cache_dir,
+                                           precision=args.precision, formats=formats, revision=args.revision)
+    except ValueError as exc:
+        print(f"export: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    from export.pipeline import is_exported, run_export
+
+    if args.print_dir:
+        print(settings.output_dir)
+        return 0
+    if args.check:
+        return 0 if is_exported(settings) else 1
+    try:
+        out = run_export(settings)
+    except ExportError as exc:
+        print(f"export: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("export: interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Runtime stage: exported artifacts -> answers (chat, description, grounding) on CPU or CUDA."""

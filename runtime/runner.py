@@ -1,0 +1,152 @@
+"""One request on one generation slot: prompt ids, cached image and KV prefixes, prefill, decode."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from runtime.backends.base import Backend, Sequence
+from runtime.cache import LRUBytes, PrefixCache, common_prefix
+from runtime.generate import decode
+from runtime.images import image_hash, preprocess
+from runtime.prompts import image_placeholder
+from runtime.tokenizer import StreamDecoder, TextTokenizer
+from runtime.types import Answer, CancelToken, GenerationOptions, Timings, Turn
+
+
+@dataclass
+class EncodedImage:
+    """An image's embeddings for one tile budget."""
+
+    key: int  # negative id used in KV-prefix keys for this image's positions
+    tiles: int
+    embeds: np.ndarray  # (tiles * 256, hidden)
+
+
+@dataclass
+class Slot:
+    """A generation slot: a KV-cached sequence and the keys of what is in it."""
+
+    seq: Sequence
+    keys: np.ndarray
+
+
+def image_key(digest: str, max_tiles: int) -> int:
+    """A negative int64 naming (image content, tile budget) inside KV-prefix keys."""
+    return -1 - (int(digest[:12], 16) * 13 + max_tiles)
+
+
+class Runner:
+    """Turns dialogs into answers on a backend, reusing image embeddings and KV prefixes."""
+
+    def __init__(self, backend: Backend, tokenizer: TextTokenizer, image_cache_mb: int, kv_cache_mb: int):
+        self.backend, self.tok = backend, tokenizer
+        self.images = LRUBytes(image_cache_mb * 2**20)
+        self.prefixes = PrefixCache(kv_cache_mb * 2**20)
+        self.answers = LRUBytes(4 * 2**20)  # answer text -> the exact ids generated for it
+
+    def encode_image(self, img: Image.Image, max_tiles: int) -> tuple[EncodedImage, float]:
+        """Embeddings of img at max_tiles (cached by content); returns them and the seconds spent."""
+        digest = image_hash(img)
+        cache_key = (digest, max_tiles)
+        hit = self.images.get(cache_key)
+        if hit is not None:
+            return hit, 0.0
+        t0 = time.perf_counter()
+        pixels = preprocess(img, max_tiles)  # (tiles, 3, 448, 448)
+        enc = EncodedImage(image_key(digest, max_tiles), pixels.shape[0], self.backend.embed_images(pixels))
+        self.images.put(cache_key, enc, enc.embeds.nbytes)
+        return enc, time.perf_counter() - t0
+
+    def prompt_ids(self, turns: list[Turn], encoded: list[list[EncodedImage]]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, keys) of the ChatML prompt; keys equal ids except at image positions (the image's key)."""
+        ids, keys = [], []
+        for turn, images in zip(turns, encoded):
+            head = f"<|im_start|>{turn.role}\n" + "".join(image_placeholder(e.tiles) + "\n" for e in images)
+            known = self.answers.get(turn.text) if turn.role == "assistant" else None
+            body = known if known is not None else self.tok.encode(turn.text)
+            part = self.tok.encode(head) + list(body) + self.tok.encode("<|im_end|>\n")
+            ids += part
+            keys += self._keys(part, images)
+        tail = self.tok.encode("<|im_start|>assistant\n")
+        return np.array(ids + tail, dtype=np.int64), np.array(keys + tail, dtype=np.int64)
+
+    def _keys(self, part: list[int], images: list[EncodedImage]) -> list[int]:
+        keys = list(part)
+        ctx = self.tok.special.img_context
+        positions = [i for i, t in enumerate(part) if t == ctx]
+        start = 0
+        for enc in images:
+            n = enc.tiles * 256
+            for i in positions[start:start + n]:
+                keys[i] = enc.key
+            start += n
+        return keys
+
+    def embed(self, ids: np.ndarray, images: list[EncodedImage], start: int) -> np.ndarray:
+        """Embeddings of ids[start:], image positions filled from the images' embeddings in order."""
+        embeds = self.backend.embed_tokens(ids[start:])  # (T, hidden)
+        ctx_all = np.flatnonzero(ids == self.tok.special.img_context)
+        if ctx_all.size:
+            image_rows = np.concatenate([e.embeds for e in images])  # (n_ctx, hidden)
+            sel = ctx_all >= start
+            embeds[ctx_all[sel] - start] = image_rows[sel]
+        return embeds
+
+    def run(self, slot: Slot, turns: list[Turn], options: GenerationOptions, max_tiles: int,
+            on_text, cancel: CancelToken | None) -> Answer:
+        """Generate the assistant's reply to turns on slot."""
+        t_start, timings = time.perf_counter(), Timings()
+        encoded = []
+        for turn in turns:
+            row = []
+            for img in turn.images:
+                enc, secs = self.encode_image(img, max_tiles)
+                row.append(enc)
+                timings.vision_s += secs
+            encoded.append(row)
+        ids, keys = self.prompt_ids(turns, encoded)
+        start = self._restore_prefix(slot, keys)
+        timings.cached_tokens = start
+        t_prefill = time.perf_counter()
+        logits = slot.seq.forward(self.embed(ids, [e for row in encoded for e in row], start))
+        timings.prefill_s = time.perf_counter() - t_prefill
+        slot.keys = keys
+
+        def step(token: int) -> np.ndarray:
+            slot.keys = np.append(slot.keys, token)
+            return slot.seq.forward(self.backend.embed_tokens(np.array([token], dtype=np.int64)))
+
+        result = decode(step, logits, ids, options, self.tok.special.eos, StreamDecoder(self.tok), on_text, cancel)
+        self._remember(slot, result.ids, result.text)
+        end = time.perf_counter()
+        timings.ttft_s = (result.first_token_at or end) - t_start
+        timings.decode_s = end - (result.first_token_at or end)
+        timings.total_s = end - t_start
+        n = len(result.ids)
+        timings.decode_tok_s = (n - 1) / timings.decode_s if n > 1 and timings.decode_s > 0 else 0.0
+        return Answer(result.text, int(ids.size), n, result.finish_reason, timings)
+
+    def _restore_prefix(self, slot: Slot, keys: np.ndarray) -> int:
+        """Reuse the longest cached KV prefix (the slot's own state or a saved one); returns its length."""
+        own = min(common_prefix(slot.keys, keys), keys.size - 1, slot.seq.length)
+        entry, saved = self.prefixes.best(keys)
+        if own >= saved and own > 0:
+            if own < slot.seq.length:
+                snap = slot.seq.snapshot()
+                slot.seq.restore(snap, own)
+            return own
+        if entry is not None and saved > 0:
+            slot.seq.restore(entry.snapshot, saved)
+            return saved
+        slot.seq.reset()
+        return 0
+
+    def _remember(self, slot: Slot, generated: list[int], text: str) -> None:
+        """Save the slot's KV for follow-ups, and the exact ids of this answer's text."""
+        slot.keys = slot.keys[:slot.seq.length]
+        self.prefixes.put(slot.keys, slot.seq.snapshot())
+        if generated and self.tok.decode(generated) == text:
+            self.answers.put(text, list(generated), len(generated) * 8 + len(text))
