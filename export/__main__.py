@@ -45,6 +45,10 @@ def main(argv=None) -> int:
     except ExportError as exc:
         print(f"export: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the cache folder cannot be created or written
+        print(f"export: error: cannot write to {exc.filename or settings.cache_dir}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("export: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130

@@ -92,8 +92,12 @@ def resolve_source(settings: ExportSettings) -> Source:
         if not (folder / "config.json").is_file():
             _atomic_build(folder, lambda tmp: write_builtin(settings.model_name, tmp))
         return Source(settings.model_name, folder, "builtin", "builtin")
-    found = find_local(settings) or download(settings)
-    folder, revision = found
+    if Path(settings.model_name).is_dir() or settings.model_name.startswith(("/", ".")):
+        folder, revision = Path(settings.model_name), "local"  # a path: never a Hub id
+        if not folder.is_dir():
+            raise ExportError(f"model folder {folder} does not exist")
+    else:
+        folder, revision = find_local(settings) or download(settings)
     fmt = detect_format(folder)
     if fmt == "native":
         return Source(settings.model_name, folder, "native", revision)

@@ -66,6 +66,7 @@ class RuntimeSettings:
     kv_cache_precision: str = "u8"  # OV_KV_CACHE_PRECISION: u8 (smaller, default) or f32 (exact)
     inference_precision: str = ""  # OV_INFERENCE_PRECISION: "" = plugin default (bf16 on CPUs with it), f32, bf16
     ov_cache_dir: str = ""  # OV_CACHE_DIR: compiled-model cache for fast restarts ("" = <cache>/ov_cache, "off")
+    onnx_vision_int8: bool = False  # ONNX_VISION_INT8: BACKEND=onnxruntime runs the W8A8 vision model (faster)
     concurrency: int = 1  # CONCURRENCY: generations run at once
     max_queue: int = 8  # MAX_QUEUE: requests allowed to wait; more get Busy
     image_cache_mb: int = 512  # IMAGE_CACHE_MB: memory for cached image embeddings
@@ -87,6 +88,7 @@ class RuntimeSettings:
             "kv_cache_precision": _env("OV_KV_CACHE_PRECISION", "u8").lower(),
             "inference_precision": _env("OV_INFERENCE_PRECISION", "").lower(),
             "ov_cache_dir": _env("OV_CACHE_DIR", ""),
+            "onnx_vision_int8": _env("ONNX_VISION_INT8", False, bool),
             "concurrency": _env("CONCURRENCY", 1, int),
             "max_queue": _env("MAX_QUEUE", 8, int),
             "image_cache_mb": _env("IMAGE_CACHE_MB", 512, int),
