@@ -12,7 +12,8 @@ from PIL import Image
 from runtime.errors import Busy, InvalidInput, ModelNotReady, RuntimeFailure
 from runtime.grounding import grounding_prompt, parse_boxes
 from runtime.prompts import describe_prompt
-from runtime.runner import Runner, Slot
+from runtime.prepare import Preparer
+from runtime.runner import Preempted, Runner, Slot
 from runtime.settings import RuntimeSettings
 from runtime.types import Answer, CancelToken, GenerationOptions, GroundingResult, Turn
 
@@ -35,6 +36,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._backend_info: dict = {}
         self.load_seconds = 0.0
+        self._preparer = None
+        self._prep_seq = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Engine":
@@ -60,6 +63,7 @@ class Engine:
             self._slots = [Slot(backend.new_sequence(), np.zeros(0, np.int64))
                            for _ in range(max(1, self.settings.concurrency))]
             self._free = threading.Semaphore(len(self._slots))
+            self._preparer = Preparer(self)
             self._backend_info = {"backend": backend.name, "device": backend.device, **backend.info()}
             self.load_seconds = time.perf_counter() - t0
             self._state, self._progress = "ready", f"ready in {self.load_seconds:.1f} s"
@@ -82,6 +86,45 @@ class Engine:
                 "device": self._backend_info.get("device"), "default_max_tiles": s.max_tiles,
                 "queue_depth": self._waiting, "max_queue": s.max_queue, "concurrency": s.concurrency,
                 "load_seconds": round(self.load_seconds, 2), "engine": self._backend_info}
+
+    # ------------------------------------------------------------------ preparing images ahead of questions
+    def prepare(self, image: Image.Image, max_tiles: int | None = None) -> dict:
+        """Start preparing image in the background (encode, prefill its prompt prefix); returns its status."""
+        if self._state != "ready":
+            raise ModelNotReady(self._error or "The model is still loading, please retry shortly.")
+        tiles = self._max_tiles(GenerationOptions(max_tiles=max_tiles))
+        job = self._preparer.submit(image, tiles)
+        return job.as_dict(0)
+
+    def prepare_status(self, image_id: str) -> dict:
+        """queued | encoding | ready (| failed | cancelled) with progress in tiles."""
+        return self._preparer.status(image_id)
+
+    def prepared_image(self, image_id: str) -> tuple[Image.Image, int]:
+        """The image and tile budget of a preparation, for requests that send image_id instead of a file."""
+        job = self._preparer.get(image_id)
+        return job.image, job.max_tiles
+
+    def cancel_prepare(self, image_id: str) -> None:
+        """Drop a preparation that is no longer wanted."""
+        self._preparer.cancel(image_id)
+
+    def busy(self) -> bool:
+        """True while any request is waiting for or holding a slot (preparation then stands aside)."""
+        return self._waiting > 0
+
+    def prepare_now(self, job, should_yield) -> None:
+        """Encode job's image and prefill its prefix (called by the preparer's thread when idle)."""
+        enc, _ = self._runner.encode_image(job.image, job.max_tiles, should_yield=should_yield)
+        if should_yield():
+            raise Preempted()
+        if self._prep_seq is None:
+            self._prep_seq = self._runner.backend.new_sequence()
+        self._runner.prefill_image_prefix(self._prep_seq, enc)
+
+    def runner_tiles_done(self, key) -> int:
+        """Tiles finished so far for an encoding in progress."""
+        return self._runner.tiles_done(key) if self._runner is not None else 0
 
     def close(self) -> None:
         """Drop the model (the process may then exit)."""

@@ -1,8 +1,9 @@
 """One request on one generation slot: prompt ids, cached image and KV prefixes, prefill, decode."""
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -23,6 +24,19 @@ class EncodedImage:
     key: int  # negative id used in KV-prefix keys for this image's positions
     tiles: int
     embeds: np.ndarray  # (tiles * 256, hidden)
+
+
+class Preempted(Exception):
+    """A low-priority preparation stopped between tiles because a request is waiting."""
+
+
+@dataclass
+class _PartialEncode:
+    """Tiles of one image encoded so far; whoever holds `lock` may continue it."""
+
+    pixels: np.ndarray | None = None  # (tiles, 3, 448, 448)
+    done: list = field(default_factory=list)  # (256, hidden) per finished tile
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -46,19 +60,60 @@ class Runner:
         self.images = LRUBytes(image_cache_mb * 2**20)
         self.prefixes = PrefixCache(kv_cache_mb * 2**20)
         self.answers = LRUBytes(4 * 2**20)  # answer text -> the exact ids generated for it
+        self._partials: dict[tuple[str, int], _PartialEncode] = {}
+        self._partials_lock = threading.Lock()
 
-    def encode_image(self, img: Image.Image, max_tiles: int) -> tuple[EncodedImage, float]:
-        """Embeddings of img at max_tiles (cached by content); returns them and the seconds spent."""
+    def encode_image(self, img: Image.Image, max_tiles: int, should_yield=None) -> tuple[EncodedImage, float]:
+        """Embeddings of img at max_tiles (cached by content); returns them and the seconds spent.
+
+        An encoding in progress elsewhere (a preparation) is waited for and continued, never repeated.
+        With `should_yield`, tiles are encoded one at a time and Preempted is raised between them when it
+        returns True (the tiles done so far are kept for whoever continues).
+        """
         digest = image_hash(img)
-        cache_key = (digest, max_tiles)
-        hit = self.images.get(cache_key)
+        key = (digest, max_tiles)
+        hit = self.images.get(key)
         if hit is not None:
             return hit, 0.0
         t0 = time.perf_counter()
-        pixels = preprocess(img, max_tiles)  # (tiles, 3, 448, 448)
-        enc = EncodedImage(image_key(digest, max_tiles), pixels.shape[0], self.backend.embed_images(pixels))
-        self.images.put(cache_key, enc, enc.embeds.nbytes)
+        with self._partials_lock:
+            part = self._partials.setdefault(key, _PartialEncode())
+        with part.lock:
+            hit = self.images.get(key)
+            if hit is not None:
+                return hit, time.perf_counter() - t0
+            if part.pixels is None:
+                part.pixels = preprocess(img, max_tiles)  # (tiles, 3, 448, 448)
+            while len(part.done) < part.pixels.shape[0]:
+                if should_yield is not None and should_yield():
+                    raise Preempted()
+                stop = len(part.done) + 1 if should_yield is not None else part.pixels.shape[0]
+                rows = self.backend.embed_images(part.pixels[len(part.done):stop])  # (n * 256, hidden)
+                part.done.extend(np.split(rows, stop - len(part.done)))
+            enc = EncodedImage(image_key(digest, max_tiles), part.pixels.shape[0], np.concatenate(part.done))
+            self.images.put(key, enc, enc.embeds.nbytes)
+        self.forget_partial(key)
         return enc, time.perf_counter() - t0
+
+    def forget_partial(self, key: tuple[str, int]) -> None:
+        """Drop the tiles of an abandoned encoding."""
+        with self._partials_lock:
+            self._partials.pop(key, None)
+
+    def tiles_done(self, key: tuple[str, int]) -> int:
+        """How many tiles of an encoding in progress are finished."""
+        part = self._partials.get(key)
+        return len(part.done) if part is not None else 0
+
+    def prefill_image_prefix(self, seq: Sequence, enc: EncodedImage) -> None:
+        """Compute and save the KV of `<|im_start|>user\n<img>...</img>\n`, the start of any question on enc."""
+        ids = self.tok.encode("<|im_start|>user\n" + image_placeholder(enc.tiles) + "\n")
+        keys = np.array(self._keys(ids, [enc]), dtype=np.int64)
+        if self.prefixes.best(np.append(keys, 0))[1] >= keys.size:
+            return  # already cached
+        seq.reset()
+        seq.forward(self.embed(np.array(ids, dtype=np.int64), [enc], 0))
+        self.prefixes.put(keys, seq.snapshot())
 
     def prompt_ids(self, turns: list[Turn], encoded: list[list[EncodedImage]]) -> tuple[np.ndarray, np.ndarray]:
         """(ids, keys) of the ChatML prompt; keys equal ids except at image positions (the image's key)."""
