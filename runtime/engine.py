@@ -83,7 +83,7 @@ class Engine:
         s = self.settings
         return {"state": self._state, "progress": self._progress, "error": self._error, "model": s.model_name,
                 "format": _source_format(s), "precision": s.precision, "backend": self._backend_info.get("backend"),
-                "device": self._backend_info.get("device"), "default_max_tiles": s.max_tiles,
+                "device": self._backend_info.get("device"), "default_max_tiles": s.max_tiles, "max_new_tokens": s.max_new_tokens,
                 "queue_depth": self._waiting, "max_queue": s.max_queue, "concurrency": s.concurrency,
                 "load_seconds": round(self.load_seconds, 2), "engine": self._backend_info}
 

@@ -8,6 +8,7 @@ last position (the graph is sliced before it), as VLMPipeline does.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -100,16 +101,24 @@ class OpenVINOBackend:
         self.lm = self.core.compile_model(lm, "CPU", dict(config, KV_CACHE_PRECISION=settings.kv_cache_precision))
         self.hidden_size = int(self.embeddings.output(0).get_partial_shape()[-1].get_length())
         self._settings = settings
+        self._local = threading.local()  # per-thread infer requests: creating one per call costs on every token
+
+    def _request(self, name: str):
+        request = getattr(self._local, name, None)
+        if request is None:
+            request = getattr(self, name).create_infer_request()
+            setattr(self._local, name, request)
+        return request
 
     def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
         """(tiles, 3, 448, 448) -> (tiles * 256, hidden)."""
-        out = self.vision.create_infer_request().infer({0: pixel_values})[0]  # (tiles, 256, hidden)
-        return np.asarray(out, dtype=np.float32).reshape(-1, out.shape[-1])
+        out = self._request("vision").infer({0: pixel_values})[0]  # (tiles, 256, hidden)
+        return np.array(out, dtype=np.float32).reshape(-1, out.shape[-1])  # a copy, as above
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
         """(T,) -> (T, hidden)."""
-        out = self.embeddings.create_infer_request().infer({0: ids[None].astype(np.int64)})[0]
-        return np.asarray(out[0], dtype=np.float32)
+        out = self._request("embeddings").infer({0: ids[None].astype(np.int64)})[0]
+        return np.array(out[0], dtype=np.float32)  # a copy: the request's output buffer is reused
 
     def new_sequence(self) -> OpenVINOSequence:
         """A fresh sequence with its own infer request (and KV state)."""

@@ -1,0 +1,64 @@
+"""Web app and REST API for the InternVL runtime: `create_app()` builds it, `python -m webapp` serves it."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flask import Flask, request, session
+from flask_babel import Babel, get_locale
+
+from webapp import errors, security
+from webapp.settings import WebSettings
+from webapp.state import AppState
+
+LANGUAGES = {"en": "English", "ru": "Русский"}
+HERE = Path(__file__).parent
+log = logging.getLogger(__name__)
+
+
+def select_locale() -> str:
+    """The language chosen with the switch (kept in the session), else the browser's preference."""
+    chosen = session.get("lang")
+    if chosen in LANGUAGES:
+        return chosen
+    return request.accept_languages.best_match(list(LANGUAGES)) or "en"
+
+
+def default_engine():
+    """The real engine, configured from the environment and loading in the background."""
+    from runtime.engine import create_engine
+    from runtime.settings import RuntimeSettings
+
+    engine = create_engine(RuntimeSettings.from_env())
+    engine.start()
+    return engine
+
+
+def create_app(settings: WebSettings | None = None, engine=None) -> Flask:
+    """Application factory: pass `engine` (tests pass a fake); without one the real engine starts loading."""
+    settings = settings or WebSettings.from_env()
+    if engine is None:
+        engine = default_engine()
+    app = Flask(__name__)
+    body_limit = settings.max_upload_bytes * 4 // 3 + 2**20  # base64 in JSON is a third bigger
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=body_limit,
+        MAX_FORM_MEMORY_SIZE=body_limit,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        BABEL_DEFAULT_LOCALE="en",
+        BABEL_TRANSLATION_DIRECTORIES=str(HERE / "translations"),
+    )
+    app.json.sort_keys = False  # keep the documented field order in answers
+    Babel(app, locale_selector=select_locale)
+    app.extensions["webapp"] = AppState.build(settings, engine)
+    app.jinja_env.globals.update(LANGUAGES=LANGUAGES, get_locale=get_locale)
+    errors.register(app)
+    security.register(app)
+
+    from webapp import api, pages  # noqa: E402  (blueprints import this package's helpers)
+
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(api.bp)
+    return app

@@ -1,0 +1,137 @@
+"""The OpenAPI 3 document of the REST API, written by hand (served at /openapi.json, listed at /docs)."""
+from __future__ import annotations
+
+from webapp.settings import WebSettings
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict:
+    words = {400: "Bad input", 401: "Missing or wrong API key", 404: "Unknown or expired id",
+             413: "Too large", 415: "Not an image / wrong content type",
+             503: "Model loading or server busy (see Retry-After)"}
+    return {str(c): _json(_ref("Error"), words[c]) for c in codes}
+
+
+def _fields(required: list[str], **props) -> dict:
+    return {"type": "object", "required": required, "properties": props}
+
+
+IMAGE = {"type": "string", "format": "binary",
+         "description": "Image file (JPEG, PNG, WebP, GIF, BMP, TIFF). In JSON: base64 or a data: URL."}
+GEN = {
+    "max_tiles": {"type": "integer", "minimum": 1, "maximum": 12,
+                  "description": "Tile budget per image: more tiles, more detail, slower."},
+    "max_new_tokens": {"type": "integer", "minimum": 1, "description": "Cap on generated tokens."},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2, "description": "0 (default) answers greedily."},
+    "top_p": {"type": "number", "minimum": 0, "maximum": 1, "description": "Nucleus sampling mass."},
+    "stream": {"type": "boolean", "description": "Answer as Server-Sent Events: {delta} events, "
+               "the final answer object, then [DONE]."},
+}
+SESSION = {"type": "string", "description": "Continue this conversation (from an earlier answer)."}
+CHAT = _fields(["question"], image=IMAGE, question={"type": "string"}, session_id=SESSION, **GEN)
+DESCRIBE = _fields([], image=IMAGE, detail={"type": "string", "enum": ["short", "detailed"]},
+                   session_id=SESSION, **GEN)
+GROUND = _fields(["image"], image=IMAGE, detect_all={"type": "boolean"}, max_tiles=GEN["max_tiles"],
+                 phrases={"type": "array", "items": {"type": "string"},
+                          "description": "Objects to find; comma-separated or repeated fields."})
+
+SCHEMAS = {
+    "Error": _fields(["error"], error=_fields(["code", "message", "type"], code={"type": "string"},
+                                              message={"type": "string"}, type={"type": "string"},
+                                              param={"type": "string"}, error_id={"type": "string"})),
+    "Answer": _fields(["answer", "session_id", "timings", "usage"], answer={"type": "string"},
+                      session_id={"type": "string"}, finish_reason={"type": "string"},
+                      timings={"type": "object"}, usage={"type": "object"}),
+    "Box": _fields(["label", "bbox", "bbox_norm"], label={"type": "string"},
+                   bbox={"type": "array", "items": {"type": "number"}, "description": "x1, y1, x2, y2 pixels"},
+                   bbox_norm={"type": "array", "items": {"type": "integer"}, "description": "0..1000"},
+                   flags={"type": "array", "items": {"type": "string"}}),
+    "Grounding": _fields(["boxes", "image_size", "raw_text", "problems", "downloads", "timings"],
+                         id={"type": "string"}, boxes={"type": "array", "items": _ref("Box")},
+                         image_size={"type": "object"}, raw_text={"type": "string"},
+                         problems={"type": "array", "items": {"type": "string"}},
+                         downloads=_fields(["png", "json"], png={"type": "string"}, json={"type": "string"}),
+                         timings={"type": "object"}),
+}
+
+
+def _body(schema: dict) -> dict:
+    return {"required": True, "content": {"multipart/form-data": {"schema": schema},
+                                          "application/json": {"schema": schema}}}
+
+
+def _op(summary: str, body: dict | None, ok: dict, *errors: int, params: list | None = None) -> dict:
+    op = {"summary": summary, "responses": {"200": ok, **_errors(*errors)}}
+    if body is not None:
+        op["requestBody"] = body
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _path_id(name: str, description: str) -> list:
+    return [{"name": name, "in": "path", "required": True, "schema": {"type": "string"},
+             "description": description}]
+
+
+def _paths() -> dict:
+    """Every path of the API with its operations."""
+    answer = _json(_ref("Answer"), "The answer (or text/event-stream when stream=true)")
+    any_json = {"type": "object"}
+    paths = {
+        "/api/v1/chat": {"post": _op("Ask about an image; follow up with session_id", _body(CHAT), answer,
+                                     400, 401, 404, 413, 415, 503)},
+        "/api/v1/describe": {"post": _op("Describe an image (short or detailed)", _body(DESCRIBE), answer,
+                                         400, 401, 404, 413, 415, 503)},
+        "/api/v1/ground": {"post": _op("Find labelled boxes for phrases, or all objects", _body(GROUND),
+                                       _json(_ref("Grounding"), "Boxes and download links"),
+                                       400, 401, 413, 415, 503)},
+        "/api/v1/results/{id}.png": {"get": _op("Annotated image of a grounding result", None,
+                                                {"description": "PNG", "content": {"image/png": {}}}, 404,
+                                                params=_path_id("id", "Result id from /api/v1/ground"))},
+        "/api/v1/results/{id}.json": {"get": _op("JSON report of a grounding result", None,
+                                                 _json(any_json, "Report"), 404,
+                                                 params=_path_id("id", "Result id from /api/v1/ground"))},
+        "/api/v1/sessions/{id}": {"delete": {"summary": "Forget a conversation",
+                                             "parameters": _path_id("id", "session_id of the conversation"),
+                                             "responses": {"204": {"description": "Deleted"}, **_errors(404)}}},
+        "/v1/chat/completions": {"post": _op(
+            "OpenAI-compatible chat (text and image_url data: URLs; stream, max_tokens, temperature, top_p, stop)",
+            {"required": True, "content": {"application/json": {"schema": _fields(
+                ["messages"], model={"type": "string"}, messages={"type": "array", "items": any_json},
+                stream={"type": "boolean"}, max_tokens={"type": "integer"}, temperature={"type": "number"},
+                top_p={"type": "number"}, stop={"type": "array", "items": {"type": "string"}},
+                max_tiles=GEN["max_tiles"])}}},
+            _json(any_json, "chat.completion (or chat.completion.chunk events)"), 400, 401, 413, 503)},
+        "/v1/models": {"get": _op("The served model", None, _json(any_json, "Model list"), 401)},
+        "/health": {"get": {"summary": "200 when ready; 503 while loading or after a load error",
+                            "responses": {"200": _json(any_json, "Ready"),
+                                          "503": _json(any_json, "Loading or error")}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics",
+                             "responses": {"200": {"description": "text/plain exposition format"}}}},
+        "/openapi.json": {"get": {"summary": "This document",
+                                  "responses": {"200": _json(any_json, "OpenAPI 3 document")}}},
+    }
+    return paths
+
+
+def openapi_spec(settings: WebSettings) -> dict:
+    """The whole OpenAPI 3.0 document."""
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "InternVL3.5 web API", "version": "1.0",
+                 "description": f"Vision-language answers on CPU. Uploads up to {settings.max_upload_mb} MB. "
+                                "Errors: {\"error\": {\"code\", \"message\", \"type\"}}."},
+        "paths": _paths(),
+        "components": {"schemas": SCHEMAS, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
+        "security": [{"bearer": []}, {"apiKey": []}, {}] if settings.api_key else [],
+    }

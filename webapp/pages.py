@@ -1,0 +1,189 @@
+"""The pages blueprint: chat, grounding, status, API docs and the language switch."""
+from __future__ import annotations
+
+import json
+from urllib.parse import urlsplit
+
+from flask import Blueprint, g, redirect, render_template, request, session, url_for
+from flask_babel import gettext, ngettext
+from flask_babel import lazy_gettext as _l
+
+from runtime.errors import InvalidInput
+from webapp import LANGUAGES, service
+from webapp.errors import NotFound
+from webapp.inputs import read_bool, read_choice, read_image, read_payload, read_phrases, read_text
+from webapp.openapi import openapi_spec
+from webapp.security import check_csrf
+from webapp.sse import reply_job
+from webapp.state import state
+from webapp.store import Conversation, new_id
+
+bp = Blueprint("pages", __name__)
+ACTIONS = ("ask", "describe_short", "describe_detailed")
+
+
+@bp.before_request
+def guard_forms():
+    """Say how to show an error next to its field on this form, then check the CSRF token of posts."""
+    g.render_form_error = FORM_ERRORS.get(request.endpoint)
+    if request.method == "POST":
+        check_csrf()
+
+
+@bp.get("/")
+def chat_page():
+    """The chat: dialog so far, image upload, question, Describe buttons, detail control."""
+    return render_chat(_conversation() or Conversation(id=""))
+
+
+@bp.post("/chat")
+def chat_post():
+    """One question or Describe press: streamed to fetch() (SSE), or answered then redirected (no JS)."""
+    st, conv = state(), _conversation() or Conversation(id=new_id())
+    payload = read_payload()
+    g.form = {"question": payload.get("question", ""), "max_tiles": payload.get("max_tiles")}
+    action = read_choice(payload, "action", ACTIONS, "ask")
+    image = read_image(payload, st.settings)
+    options = service.options_from(payload, st)
+    if action == "ask":
+        question = read_text(payload, "question", st.settings.max_question_chars)
+        job = service.chat_job(st, conv, image, question, options)
+    else:
+        job = service.describe_job(st, conv, image, action.removeprefix("describe_"), options)
+    session["sid"] = conv.id
+    session["max_tiles"] = options.max_tiles
+    if "text/event-stream" in request.headers.get("Accept", ""):
+        return reply_job(job, stream=True)
+    service.run_job(job)
+    return redirect(url_for(".chat_page"), 303)
+
+
+@bp.post("/chat/new")
+def new_conversation():
+    """Forget the dialog and start over."""
+    state().sessions.delete(session.pop("sid", None))
+    return redirect(url_for(".chat_page"), 303)
+
+
+@bp.get("/ground")
+def ground_page():
+    """Grounding form, and the last result of this browser session if it has not expired."""
+    return render_ground(_last_report())
+
+
+@bp.post("/ground")
+def ground_post():
+    """Find the phrases in the uploaded image, keep the result, show it."""
+    st = state()
+    payload = read_payload()
+    g.form = {"phrases": ", ".join(str(p) for p in payload.getlist("phrases")),
+              "detect_all": payload.get("detect_all") is not None, "max_tiles": payload.get("max_tiles")}
+    image = read_image(payload, st.settings)
+    if image is None:
+        raise InvalidInput(_l("Please add an image."), field="image")
+    detect_all = read_bool(payload, "detect_all")
+    phrases = read_phrases(payload, st.settings, detect_all)
+    options = service.options_from(payload, st)
+    report = service.ground(st, image, phrases, detect_all, options)
+    session["ground_result"] = report["id"]
+    session["max_tiles"] = options.max_tiles
+    return redirect(url_for(".ground_page"), 303)
+
+
+@bp.get("/status")
+def status_page():
+    """Model, backend, device, load progress (refreshing while loading) and recent timings."""
+    st = state()
+    return render_template("status.html", info=st.info(), recent=st.metrics.recent_list(),
+                           settings=st.settings)
+
+
+@bp.get("/docs")
+def docs_page():
+    """The API reference, rendered from the OpenAPI document (no CDN)."""
+    return render_template("docs.html", spec=openapi_spec(state().settings))
+
+
+@bp.get("/lang/<code>")
+def set_language(code: str):
+    """Remember the chosen language in the session and go back to the page."""
+    if code not in LANGUAGES:
+        raise NotFound(gettext("Unknown language."))
+    session["lang"] = code
+    target = request.args.get("next", "")
+    parts = urlsplit(target)
+    if not target.startswith("/") or target.startswith("//") or parts.scheme or parts.netloc:
+        target = url_for(".chat_page")
+    return redirect(target, 303)
+
+
+def _conversation() -> Conversation | None:
+    """This browser's conversation, if it still exists."""
+    return state().sessions.get(session.get("sid"))
+
+
+def _last_report() -> dict | None:
+    """The JSON report of this browser's last grounding, if it has not expired."""
+    result = state().results.get(session.get("ground_result"))
+    return json.loads(result.report) if result is not None else None
+
+
+def tile_labels() -> list[str]:
+    """The cost of each tile budget 1..12 in words ("up to 3 tiles ~ slower")."""
+    def speed(n: int) -> str:
+        if n == 1:
+            return gettext("fastest, least detail")
+        if n == 2:
+            return gettext("fast")
+        if n <= 4:
+            return gettext("slower")
+        if n <= 8:
+            return gettext("slow")
+        return gettext("slowest, most detail")
+    return [ngettext("up to %(num)d tile", "up to %(num)d tiles", n) + " ~ " + speed(n) for n in range(1, 13)]
+
+
+def _tiles_value(form: dict) -> int:
+    """The slider position: the value just sent, the last one used, or the engine's default."""
+    for value in (form.get("max_tiles"), session.get("max_tiles"), state().info().get("default_max_tiles")):
+        try:
+            if value not in (None, "") and 1 <= int(value) <= 12:
+                return int(value)
+        except (TypeError, ValueError):
+            continue
+    return 2
+
+
+def _page_strings() -> dict:
+    """Translated strings the page scripts need."""
+    return {"tiles": tile_labels(), "thinking": gettext("Thinking…"), "you": gettext("You"),
+            "assistant": gettext("Assistant"), "network": gettext("The connection was lost. Please try again."),
+            "stopped": gettext("Stopped. This answer is not kept in the conversation."),
+            "working": gettext("Working…")}
+
+
+def render_chat(conv: Conversation, errors: dict | None = None, form: dict | None = None) -> str:
+    """The chat page with the dialog, the form (values kept) and errors next to their fields."""
+    form = form or {}
+    entries = [{"role": t.role, "text": t.text, "thumb": conv.thumbs.get(i), "kind": conv.kinds.get(i)}
+               for i, t in enumerate(conv.turns)]
+    return render_template("chat.html", entries=entries, errors=errors or {}, form=form,
+                           tiles=_tiles_value(form), strings=_page_strings(), settings=state().settings,
+                           has_image=service.latest_image(conv) is not None, info=state().info())
+
+
+def render_ground(report: dict | None, errors: dict | None = None, form: dict | None = None) -> str:
+    """The grounding page with the form, errors next to their fields, and the result when there is one."""
+    form = form or {}
+    if report is not None and not form:
+        form = {"phrases": ", ".join(report.get("phrases", [])), "detect_all": report.get("detect_all")}
+    return render_template("ground.html", report=report, errors=errors or {}, form=form,
+                           tiles=_tiles_value(form), strings=_page_strings(), settings=state().settings)
+
+
+# endpoint -> render(field, message): the form page again, the values kept, the message by its field
+FORM_ERRORS = {
+    "pages.chat_post": lambda field, message: render_chat(_conversation() or Conversation(id=""),
+                                                          {field: message}, g.get("form", {})),
+    "pages.ground_post": lambda field, message: render_ground(None, {field: message}, g.get("form", {})),
+}

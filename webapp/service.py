@@ -1,0 +1,173 @@
+"""What a chat, describe or grounding request does, shared by the pages and the API."""
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from flask import url_for
+from flask_babel import lazy_gettext as _l
+from PIL import Image
+
+from runtime.errors import InvalidInput
+from runtime.grounding import draw_boxes
+from runtime.prompts import describe_prompt
+from runtime.types import Answer, GenerationOptions, GroundingResult, Turn
+from webapp.errors import NotFound
+from webapp.inputs import Payload, read_float, read_int, thumbnail_url
+from webapp.state import AppState
+from webapp.store import Conversation, new_id
+
+
+@dataclass
+class Job:
+    """One engine call, ready to run plainly or streamed; `finish` turns its Answer into the reply."""
+
+    fn: Callable  # engine.chat / engine.describe (accepts on_text= and cancel=)
+    args: tuple
+    kwargs: dict
+    finish: Callable[[Answer], dict]
+
+
+def options_from(payload: Payload, st: AppState) -> GenerationOptions:
+    """GenerationOptions from the request's max_tiles, max_new_tokens, temperature and top_p fields."""
+    return GenerationOptions(
+        max_new_tokens=read_int(payload, "max_new_tokens", 1, st.settings.max_new_tokens,
+                                GenerationOptions.max_new_tokens),
+        max_tiles=read_int(payload, "max_tiles", 1, 12, None),
+        temperature=read_float(payload, "temperature", 0.0, 2.0, 0.0),
+        top_p=read_float(payload, "top_p", 0.0, 1.0, 1.0),
+    )
+
+
+def find_conversation(st: AppState, session_id: str | None) -> Conversation:
+    """The conversation of an explicit session id, or a fresh one (stored once it has a turn)."""
+    if session_id in (None, ""):
+        return Conversation(id=new_id())
+    conv = st.sessions.get(session_id if isinstance(session_id, str) else None)
+    if conv is None:
+        raise NotFound(_l("This conversation does not exist or has expired. Start a new one."),
+                       field="session_id")
+    return conv
+
+
+def latest_image(conv: Conversation) -> Image.Image | None:
+    """The last image sent in the conversation."""
+    for turn in reversed(conv.turns):
+        if turn.images:
+            return turn.images[-1]
+    return None
+
+
+def _check_room(st: AppState, conv: Conversation, image: Image.Image | None) -> None:
+    """Refuse a turn past MAX_TURNS, an image past MAX_IMAGES_PER_SESSION, or a first turn without image."""
+    settings = st.settings
+    if conv.question_count >= settings.max_turns:
+        raise InvalidInput(_l("This conversation is full (%(n)d questions). Please start a new conversation.",
+                              n=settings.max_turns), field="question")
+    if image is not None and conv.image_count >= settings.max_images:
+        raise InvalidInput(_l("This conversation already has %(n)d images. Please start a new conversation "
+                              "to add another.", n=settings.max_images), field="image")
+    if image is None and latest_image(conv) is None:
+        raise InvalidInput(_l("Please add an image first."), field="image")
+
+
+def answer_body(answer: Answer, conv: Conversation | None = None) -> dict:
+    """The JSON reply of /api/v1/chat and /api/v1/describe (and the final SSE event)."""
+    body = {"answer": answer.text, "finish_reason": answer.finish_reason, "timings": answer.timings.as_dict(),
+            "usage": usage(answer)}
+    if conv is not None:
+        body["session_id"] = conv.id
+    return body
+
+
+def usage(answer: Answer) -> dict:
+    """Token counts in OpenAI's shape."""
+    return {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+            "total_tokens": answer.prompt_tokens + answer.completion_tokens}
+
+
+def _recorder(st: AppState, conv: Conversation, user: Turn, kind: str, thumb: str | None):
+    """A `finish` callback: keep the exchange (unless cancelled), count it, build the reply."""
+    def finish(answer: Answer) -> dict:
+        st.metrics.generation(kind, answer.timings, answer.completion_tokens, answer.finish_reason)
+        if answer.finish_reason != "cancelled":
+            with conv.lock:
+                conv.add_exchange(user, answer.text, thumb, kind=kind)
+            st.sessions.touch(conv)
+        return answer_body(answer, conv)
+    return finish
+
+
+def chat_job(st: AppState, conv: Conversation, image: Image.Image | None, question: str,
+             options: GenerationOptions) -> Job:
+    """A follow-up or first question on a conversation, the new image (if any) attached to it."""
+    _check_room(st, conv, image)
+    user = Turn(role="user", text=question, images=[image] if image is not None else [])
+    turns = [*conv.turns, user]
+    thumb = thumbnail_url(image) if image is not None else None
+    return Job(st.engine.chat, (turns,), {"options": options}, _recorder(st, conv, user, "chat", thumb))
+
+
+def describe_job(st: AppState, conv: Conversation, image: Image.Image | None, detail: str,
+                 options: GenerationOptions) -> Job:
+    """Describe the new image, or the conversation's latest one; recorded as a dialog turn."""
+    _check_room(st, conv, image)
+    target = image if image is not None else latest_image(conv)
+    # recorded with the engine's own captioning question, so that follow-ups see the dialog it answered
+    user = Turn(role="user", text=describe_prompt(detail), images=[image] if image is not None else [])
+    thumb = thumbnail_url(image) if image is not None else None
+    kind = f"describe_{detail}"
+    return Job(st.engine.describe, (target,), {"detail": detail, "options": options},
+               _recorder(st, conv, user, kind, thumb))
+
+
+def run_job(job: Job) -> dict:
+    """Run a job to completion and return its reply."""
+    return job.finish(job.fn(*job.args, **job.kwargs))
+
+
+def ground(st: AppState, image: Image.Image, phrases: list[str], detect_all: bool,
+           options: GenerationOptions) -> dict:
+    """Ground the phrases, keep the annotated PNG and JSON report for download, return the reply."""
+    started = time.perf_counter()
+    result: GroundingResult = st.engine.ground(image, phrases, detect_all=detect_all, options=options)
+    png = _png_bytes(draw_boxes(image, result.boxes))
+    if result.answer is not None:
+        st.metrics.generation("ground", result.answer.timings, result.answer.completion_tokens,
+                              result.answer.finish_reason)
+    report = grounding_report(st, image, phrases, detect_all, result, time.perf_counter() - started)
+    report["id"] = rid = new_id()
+    report["downloads"] = {"png": url_for("api.result_png", rid=rid), "json": url_for("api.result_json", rid=rid)}
+    st.results.add(png, json.dumps(report, ensure_ascii=False, indent=2).encode("utf-8"), result_id=rid)
+    return report
+
+
+def grounding_report(st: AppState, image: Image.Image, phrases: list[str], detect_all: bool,
+                     result: GroundingResult, seconds: float) -> dict:
+    """The JSON report: image size, phrases, boxes (pixels and 0..1000), model, precision, timings."""
+    info = st.info()
+    answer = result.answer
+    timings = answer.timings.as_dict() if answer is not None else {}
+    timings["request_s"] = round(seconds, 4)
+    return {
+        "image_size": {"width": image.width, "height": image.height},
+        "phrases": phrases,
+        "detect_all": detect_all,
+        "boxes": [b.as_dict() for b in result.boxes],
+        "problems": list(result.problems),
+        "raw_text": result.raw_text,
+        "model": info.get("model"), "precision": info.get("precision"), "format": info.get("format"),
+        "backend": info.get("backend"), "device": info.get("device"),
+        "timings": timings,
+        "usage": usage(answer) if answer is not None else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", optimize=False, compress_level=6)
+    return buf.getvalue()

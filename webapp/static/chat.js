@@ -1,0 +1,150 @@
+// Chat page: send the form with fetch() and show the answer as it streams in (Server-Sent Events).
+// Model text is only ever put into the page with textContent.
+(function () {
+  "use strict";
+
+  function el(tag, cls, text) {
+    var node = document.createElement(tag);
+    if (cls) { node.className = cls; }
+    if (text !== undefined) { node.textContent = text; }
+    return node;
+  }
+
+  function addBubble(dialog, role, who, text, thumbUrl) {
+    var empty = document.getElementById("dialog-empty");
+    if (empty) { empty.remove(); }
+    var bubble = el("div", "bubble " + role);
+    bubble.appendChild(el("span", "who", who));
+    if (thumbUrl) {
+      var img = el("img", "thumb");
+      img.src = thumbUrl;
+      img.alt = "";
+      bubble.appendChild(img);
+    }
+    var body = el("p", "text", text);
+    var meta = el("p", "meta");
+    bubble.appendChild(body);
+    bubble.appendChild(meta);
+    dialog.appendChild(bubble);
+    bubble.scrollIntoView({block: "end"});
+    return {node: bubble, text: body, meta: meta};
+  }
+
+  function clearErrors(form) {
+    form.querySelectorAll(".field-error").forEach(function (p) { p.textContent = ""; p.hidden = true; });
+  }
+
+  function showError(form, error) {
+    var slot = (error.param && document.getElementById("error-" + error.param)) ||
+      document.getElementById("error-form");
+    slot.textContent = error.message || String(error);
+    slot.hidden = false;
+  }
+
+  function timingText(answer) {
+    var t = answer.timings || {};
+    var u = answer.usage || {};
+    var parts = [];
+    if (t.total_s !== undefined) { parts.push(t.total_s.toFixed(1) + " s"); }
+    if (u.completion_tokens !== undefined) { parts.push(u.completion_tokens + " tok"); }
+    if (t.decode_tok_s) { parts.push(t.decode_tok_s.toFixed(1) + " tok/s"); }
+    return parts.join(" · ");
+  }
+
+  // Calls onEvent(obj) for each `data:` JSON event until `data: [DONE]`.
+  async function readEvents(response, onEvent) {
+    var reader = response.body.getReader();
+    var decoder = new TextDecoder();
+    var buffer = "";
+    for (;;) {
+      var chunk = await reader.read();
+      if (chunk.done) { return; }
+      buffer += decoder.decode(chunk.value, {stream: true});
+      var cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        var block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        var data = block.split("\n").filter(function (l) { return l.indexOf("data: ") === 0; })
+          .map(function (l) { return l.slice(6); }).join("\n");
+        if (data === "[DONE]") { return; }
+        if (data) { onEvent(JSON.parse(data)); }
+      }
+    }
+  }
+
+  function setup() {
+    var form = document.getElementById("chat-form");
+    if (!form) { return; }
+    var i18n = JSON.parse(document.getElementById("i18n").textContent);
+    var csrf = document.querySelector("meta[name=csrf-token]").content;
+    var dialog = document.getElementById("dialog");
+    var stop = document.getElementById("stop");
+    var buttons = form.querySelectorAll("button[type=submit]");
+    var fileInput = form.querySelector("input[type=file]");
+    var controller = null;
+
+    function busy(on) {
+      buttons.forEach(function (b) { b.disabled = on; });
+      stop.hidden = !on;
+    }
+
+    stop.addEventListener("click", function () { if (controller) { controller.abort(); } });
+
+    form.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      var submitter = event.submitter || buttons[0];
+      var data = new FormData(form);
+      data.set("action", submitter.value);
+      clearErrors(form);
+      var file = fileInput.files && fileInput.files[0];
+      var asked = submitter.value === "ask" ? String(data.get("question") || "") : submitter.textContent.trim();
+      var mine = addBubble(dialog, "user", i18n.you, asked, file ? URL.createObjectURL(file) : null);
+      var reply = addBubble(dialog, "assistant pending", i18n.assistant, i18n.thinking);
+      var text = "";
+      controller = new AbortController();
+      busy(true);
+      try {
+        // getAttribute: form.action would be the button named "action"
+        var response = await fetch(form.getAttribute("action"), {
+          method: "POST", body: data, credentials: "same-origin", signal: controller.signal,
+          headers: {"Accept": "text/event-stream", "X-CSRF-Token": csrf}
+        });
+        if (!response.ok) {
+          var body = await response.json().catch(function () { return {error: {message: i18n.network}}; });
+          mine.node.remove();
+          reply.node.remove();
+          showError(form, body.error || {});
+          return;
+        }
+        await readEvents(response, function (obj) {
+          if (obj.delta !== undefined) {
+            text += obj.delta;
+            reply.text.textContent = text;
+            reply.node.classList.remove("pending");
+          } else if (obj.error) {
+            showError(form, obj.error);
+          } else if (obj.answer !== undefined) {
+            reply.text.textContent = obj.answer;
+            reply.meta.textContent = timingText(obj);
+            reply.node.classList.remove("pending");
+          }
+        });
+        document.getElementById("question").value = "";
+        var zone = form.querySelector("[data-dropzone]");
+        if (zone && zone.resetPreview) { zone.resetPreview(); }
+      } catch (err) {
+        reply.node.classList.remove("pending");
+        if (err.name === "AbortError") {
+          reply.meta.textContent = i18n.stopped;
+        } else {
+          showError(form, {message: i18n.network});
+        }
+      } finally {
+        controller = null;
+        busy(false);
+      }
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", setup);
+})();
