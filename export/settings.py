@@ -26,6 +26,8 @@ class ExportSettings:
     def from_env(cls, **overrides) -> "ExportSettings":
         """Read the fields from the environment; keyword arguments win."""
         formats = os.environ.get("EXPORT_FORMATS") or "openvino"
+        if os.environ.get("BACKEND", "").lower() == "onnxruntime" and "onnx" not in formats:
+            formats += ",onnx"  # serving with ONNX Runtime needs its models: export them on demand
         values = {
             "model_name": os.environ.get("MODEL_NAME") or DEFAULT_MODEL,
             "cache_dir": os.environ.get("HF_CACHE_DIR") or default_cache_dir(),
