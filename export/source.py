@@ -50,13 +50,14 @@ def find_local(settings: ExportSettings) -> tuple[Path, str] | None:
         if folder.is_dir() and (folder / "config.json").is_file():
             return folder, "local"
     if "/" in name and not Path(name).exists():
-        refs = cache / f"models--{name.replace('/', '--')}"
-        revision = settings.revision or "main"
-        ref_file = refs / "refs" / revision
-        commit = ref_file.read_text().strip() if ref_file.is_file() else revision
-        snapshot = refs / "snapshots" / commit
-        if (snapshot / "config.json").is_file() and any(snapshot.glob("*.safetensors")):
-            return snapshot, commit
+        repo = f"models--{name.replace('/', '--')}"
+        for refs in (cache / repo, cache / "hub" / repo):  # HF_HUB_CACHE and HF_HOME layouts
+            revision = settings.revision or "main"
+            ref_file = refs / "refs" / revision
+            commit = ref_file.read_text().strip() if ref_file.is_file() else revision
+            snapshot = refs / "snapshots" / commit
+            if (snapshot / "config.json").is_file() and any(snapshot.glob("*.safetensors")):
+                return snapshot, commit
     return None
 
 
