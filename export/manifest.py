@@ -36,8 +36,8 @@ def library_versions() -> dict[str, str]:
 def build_manifest(folder: Path, inputs: dict, formats: list, source: dict, part_precisions: dict,
                    started: float) -> dict:
     """The manifest of a finished export folder."""
-    files = {p.name: {"sha256": file_hash(p), "bytes": p.stat().st_size}
-             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    files = {p.relative_to(folder).as_posix(): {"sha256": file_hash(p), "bytes": p.stat().st_size}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
     return {"schema": SCHEMA, "inputs": inputs, "formats": formats, "source": source, "precision": part_precisions, "libraries": library_versions(),
             "files": files, "seconds": round(time.time() - started, 1), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                                time.gmtime())}
