@@ -8,6 +8,8 @@ last position (the graph is sliced before it), as VLMPipeline does.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -34,12 +36,29 @@ def slice_before_lm_head(model) -> None:
     model.validate_nodes_and_infer_types()
 
 
+def writable_cache_dir(folder: str | None) -> str | None:
+    """folder, created if needed, when this process can write there; else None with a warning (the compiled
+    cache only speeds up restarts, so an unwritable one must not stop the model from loading)."""
+    if not folder:
+        return None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        log.warning("compiled-model cache %s is not writable (%s): loading without it; set OV_CACHE_DIR to a "
+                    "writable folder, or to off", folder, exc.strerror or exc)
+        return None
+    return folder
+
+
 class OpenVINOSequence:
     """A KV-cached sequence over one infer request of the stateful language model."""
 
-    def __init__(self, request):
+    def __init__(self, request, snapshot_dtype=np.float32):
         self.request = request
         self.length = 0
+        self.snapshot_dtype = snapshot_dtype  # f16 halves saved KV memory when the live cache is u8 anyway
 
     def forward(self, embeds: np.ndarray) -> np.ndarray:
         """Append embeds (T, hidden); return the last position's logits (vocab,)."""
@@ -60,7 +79,7 @@ class OpenVINOSequence:
 
     def snapshot(self) -> KVSnapshot:
         """Copy the KV state out of the plugin (dequantised to f32 when the plugin keeps it in u8)."""
-        arrays = {s.name: s.state.data.copy() for s in self.request.query_state()}
+        arrays = {s.name: s.state.data.astype(self.snapshot_dtype) for s in self.request.query_state()}
         return KVSnapshot(self.length, arrays, sum(a.nbytes for a in arrays.values()))
 
     def restore(self, snap: KVSnapshot, length: int) -> None:
@@ -70,7 +89,8 @@ class OpenVINOSequence:
         self.request.reset_state()
         for state in self.request.query_state():
             arr = snap.data[state.name]
-            state.state = ov.Tensor(np.ascontiguousarray(arr[:, :, :length]))  # (1, kv_heads, length, head_dim)
+            part = arr[:, :, :length]  # (1, kv_heads, length, head_dim)
+            state.state = ov.Tensor(np.ascontiguousarray(part, dtype=np.float32))
         self.length = length
 
 
@@ -87,8 +107,9 @@ class OpenVINOBackend:
         if missing:
             raise ArtifactsMissing(f"{folder} lacks {', '.join(missing)}: run `make export` again")
         self.core = ov.Core()
-        if settings.compiled_cache_dir:
-            self.core.set_property({"CACHE_DIR": settings.compiled_cache_dir})
+        cache_dir = writable_cache_dir(settings.compiled_cache_dir)
+        if cache_dir:
+            self.core.set_property({"CACHE_DIR": cache_dir})
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": str(settings.ov_streams)}
         if settings.ov_threads:
             config["INFERENCE_NUM_THREADS"] = str(settings.ov_threads)
@@ -122,7 +143,8 @@ class OpenVINOBackend:
 
     def new_sequence(self) -> OpenVINOSequence:
         """A fresh sequence with its own infer request (and KV state)."""
-        return OpenVINOSequence(self.lm.create_infer_request())
+        exact = self._settings.kv_cache_precision == "f32"
+        return OpenVINOSequence(self.lm.create_infer_request(), np.float32 if exact else np.float16)
 
     def info(self) -> dict:
         """Versions and the knobs in force."""
