@@ -63,7 +63,7 @@ class Engine:
             self._slots = [Slot(backend.new_sequence(), np.zeros(0, np.int64))
                            for _ in range(max(1, self.settings.concurrency))]
             self._free = threading.Semaphore(len(self._slots))
-            self._preparer = Preparer(self)
+            self._preparer = Preparer(self, self.settings.max_prepared, self.settings.prepare_ttl_s)
             self._backend_info = {"backend": backend.name, "device": backend.device, **backend.info()}
             self.load_seconds = time.perf_counter() - t0
             self._state, self._progress = "ready", f"ready in {self.load_seconds:.1f} s"
@@ -93,21 +93,26 @@ class Engine:
         if self._state != "ready":
             raise ModelNotReady(self._error or "The model is still loading, please retry shortly.")
         tiles = self._max_tiles(GenerationOptions(max_tiles=max_tiles))
-        job = self._preparer.submit(image, tiles)
+        job = self._ready_preparer().submit(image, tiles)
         return job.as_dict(0)
 
     def prepare_status(self, image_id: str) -> dict:
         """queued | encoding | ready (| failed | cancelled) with progress in tiles."""
-        return self._preparer.status(image_id)
+        return self._ready_preparer().status(image_id)
 
     def prepared_image(self, image_id: str) -> tuple[Image.Image, int]:
         """The image and tile budget of a preparation, for requests that send image_id instead of a file."""
-        job = self._preparer.get(image_id)
+        job = self._ready_preparer().get(image_id)
         return job.image, job.max_tiles
 
     def cancel_prepare(self, image_id: str) -> None:
         """Drop a preparation that is no longer wanted."""
-        self._preparer.cancel(image_id)
+        self._ready_preparer().cancel(image_id)
+
+    def _ready_preparer(self) -> Preparer:
+        if self._preparer is None:
+            raise ModelNotReady(self._error or "The model is still loading, please retry shortly.")
+        return self._preparer
 
     def busy(self) -> bool:
         """True while any request is waiting for or holding a slot (preparation then stands aside)."""

@@ -59,14 +59,15 @@ class Preparer:
         job = PrepareJob(secrets.token_urlsafe(12), image, max_tiles, num_tiles(image.width, image.height, max_tiles),
                          key)
         with self.lock:
-            self._expire()
             self.jobs[job.id] = job
+            self._expire()
             self.lock.notify_all()
         return job
 
     def get(self, image_id: str) -> PrepareJob:
         """The job named image_id; InvalidInput when unknown or expired."""
         with self.lock:
+            self._expire()
             job = self.jobs.get(image_id)
         if job is None or job.state == "cancelled":
             raise InvalidInput("Unknown or expired image_id: upload the image again.", field="image_id")
@@ -88,7 +89,7 @@ class Preparer:
         now = time.time()
         for job_id in [j.id for j in self.jobs.values() if now - j.created > self.ttl_s]:
             self.jobs.pop(job_id)
-        while len(self.jobs) >= self.max_jobs:
+        while len(self.jobs) > self.max_jobs:
             self.jobs.popitem(last=False)
 
     def _next(self) -> PrepareJob:

@@ -5,7 +5,8 @@ import importlib.util
 import logging
 from pathlib import Path
 
-from runtime.errors import ArtifactsMissing, ModelNotReady
+from runtime.artifacts import check_export
+from runtime.errors import ModelNotReady
 from runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,7 @@ def load_backend(settings: RuntimeSettings, folder: Path):
     """Construct the chosen backend over the export folder; logs the choice once."""
     backend, device = choose(settings)
     log.info("engine: backend=%s device=%s precision=%s folder=%s", backend, device, settings.precision, folder)
-    if not folder.is_dir():
-        raise ArtifactsMissing(f"no export at {folder}: run `make export` (MODEL_NAME={settings.model_name}, "
-                               f"EXPORT_PRECISION={settings.precision})")
+    check_export(folder, settings)  # missing, unfinished, truncated or mismatched: one plain ArtifactsMissing
     if backend == "openvino":
         from runtime.backends.openvino_backend import OpenVINOBackend
         return OpenVINOBackend(folder, settings)

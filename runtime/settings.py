@@ -47,7 +47,10 @@ def _env(name: str, default, cast=str):
         return default
     if cast is bool:
         return raw.strip().lower() in ("1", "true", "yes", "on")
-    return cast(raw)
+    try:
+        return cast(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a {'whole number' if cast is int else cast.__name__}, got {raw!r}") from None
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class RuntimeSettings:
     max_queue: int = 8  # MAX_QUEUE: requests allowed to wait; more get Busy
     image_cache_mb: int = 512  # IMAGE_CACHE_MB: memory for cached image embeddings
     kv_cache_mb: int = 1024  # KV_CACHE_MB: memory for saved KV-cache prefixes (follow-ups, prepared images)
+    max_prepared: int = 256  # MAX_PREPARED: prepared images remembered at once (oldest dropped first)
+    prepare_ttl_s: int = 3600  # PREPARE_TTL_S: a prepared image's id expires after this many seconds
 
     @classmethod
     def from_env(cls, **overrides) -> "RuntimeSettings":
@@ -93,6 +98,8 @@ class RuntimeSettings:
             "max_queue": _env("MAX_QUEUE", 8, int),
             "image_cache_mb": _env("IMAGE_CACHE_MB", 512, int),
             "kv_cache_mb": _env("KV_CACHE_MB", 1024, int),
+            "max_prepared": _env("MAX_PREPARED", 256, int),
+            "prepare_ttl_s": _env("PREPARE_TTL_S", 3600, int),
         }
         env.update(overrides)
         settings = cls(**env)

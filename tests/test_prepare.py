@@ -138,3 +138,35 @@ def test_asking_before_ready_waits_and_does_not_encode_twice(slow_engine):
     prepared, tiles = slow_engine.prepared_image(image_id)
     slow_engine.chat([Turn("user", "what?", [prepared])], GenerationOptions(max_new_tokens=2, max_tiles=tiles))
     assert sum(calls) == 5  # every tile encoded exactly once between the preparer and the request
+
+
+# ---------------------------------------------------------------------------- through the web API
+
+def test_web_api_prepared_image_answers_like_an_upload(model_cache, web_settings):
+    """POST /api/v1/images, poll until ready, then /api/v1/chat with image_id: the same greedy answer as
+    an upload on a fresh engine, without reading the image again."""
+    import io
+
+    from webapp import create_app
+
+    buf = io.BytesIO()
+    photo().save(buf, "PNG")
+    png = buf.getvalue()
+    ask = {"question": "what is this?", "max_new_tokens": "12"}
+    cold = create_app(web_settings, engine=make_engine(model_cache)).test_client()
+    expected = cold.post("/api/v1/chat", data={"image": (io.BytesIO(png), "cat.png"), "max_tiles": "2", **ask})
+    assert expected.status_code == 200, expected.get_data(as_text=True)
+
+    client = create_app(web_settings, engine=make_engine(model_cache)).test_client()
+    started = client.post("/api/v1/images", data={"image": (io.BytesIO(png), "cat.png"), "max_tiles": "2"})
+    assert started.status_code == 202, started.get_data(as_text=True)
+    status, deadline = started.get_json(), time.time() + 60
+    while status["status"] in ("queued", "encoding") and time.time() < deadline:
+        time.sleep(0.05)
+        status = client.get(started.get_json()["status_url"]).get_json()
+    assert status["status"] == "ready" and status["tiles_done"] == status["tiles"] == 3
+    answer = client.post("/api/v1/chat", data={"image_id": status["image_id"], **ask})  # its max_tiles: 2
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    body = answer.get_json()
+    assert body["answer"] == expected.get_json()["answer"] and body["usage"]["completion_tokens"] > 0
+    assert body["timings"]["vision_s"] == 0.0 and body["timings"]["cached_tokens"] >= 3 * 256

@@ -5,6 +5,7 @@ import base64
 import io
 import json
 import logging
+import re
 
 import pytest
 from PIL import Image
@@ -55,7 +56,7 @@ def test_openapi_documents_every_api_route(app, client):
     documented = {(path, method) for path, ops in spec["paths"].items() for method in ops}
     for rule in app.url_map.iter_rules():
         if rule.endpoint.startswith("api."):
-            path = rule.rule.replace("<rid>", "{id}").replace("<sid>", "{id}")
+            path = re.sub(r"<[^>]+>", "{id}", rule.rule)
             for method in rule.methods - {"HEAD", "OPTIONS"}:
                 assert (path, method.lower()) in documented, (path, method)
 

@@ -162,3 +162,38 @@ def test_the_openai_client_understands_us(app, make_png):
     assert chunks[-1].choices[0].finish_reason == "stop"
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="internvl", messages=[])
+
+
+def test_an_image_without_text_is_described(client, fake_engine, make_png):
+    from runtime.prompts import describe_prompt
+
+    parts = [{"type": "image_url", "image_url": {"url": data_url(make_png(12, 8))}}]
+    resp = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": parts}]})
+    assert resp.status_code == 200
+    turn = fake_engine.calls[-1][1][-1]
+    assert turn.text == describe_prompt("detailed") and len(turn.images) == 1
+    assert resp.get_json()["choices"][0]["message"]["content"].startswith(f"You asked: {describe_prompt('detailed')}")
+    empty_text = [{"type": "text", "text": "  "}, *parts]  # blank text counts as none
+    resp = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": empty_text}]})
+    assert resp.status_code == 200 and fake_engine.calls[-1][1][-1].text == describe_prompt("detailed")
+
+
+def test_text_alone_still_needs_words(client, fake_engine):
+    resp = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": ""}]})
+    assert resp.status_code == 400
+
+
+@pytest.mark.parametrize("path,field", [("/api/v1/chat", "max_new_tokens"), ("/v1/chat/completions", "max_tokens"),
+                                        ("/v1/chat/completions", "max_completion_tokens")])
+def test_the_engine_token_cap_is_the_limit_when_lower(client, fake_engine, make_png, path, field):
+    fake_engine.max_new_tokens = 40  # MAX_NEW_TOKENS of the engine, below MAX_NEW_TOKENS_LIMIT (2048)
+    body = ({"messages": vision_messages(make_png())} if path.startswith("/v1") else
+            {"image": data_url(make_png()), "question": "q"})
+    resp = client.post(path, json={**body, field: 41})
+    assert resp.status_code == 400
+    err = resp.get_json()["error"]
+    assert err["param"] == field and "40" in err["message"]
+    assert client.post(path, json={**body, field: 40}).status_code == 200
+    assert fake_engine.calls[-1][2].max_new_tokens == 40
+    assert client.post(path, json=body).status_code == 200
+    assert fake_engine.calls[-1][2].max_new_tokens == 40  # the default (512) is clamped to the cap

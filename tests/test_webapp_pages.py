@@ -191,6 +191,7 @@ def test_status_page(client, fake_engine, make_png):
     for word in ("OpenGVLab/InternVL3_5-1B", "openvino", "CPU", "int8", "native", "Ready"):
         assert word in html
     assert "<td>Chat</td>" in html and "<td>end of answer</td>" in html and 'http-equiv="refresh"' not in html
+    assert "Longest answer" in html and "1024 tokens" in html  # the engine's cap, below MAX_NEW_TOKENS_LIMIT
     fake_engine.state, fake_engine.progress = "loading", "compiling the language model"
     html = client.get("/status").get_data(as_text=True)
     assert 'http-equiv="refresh"' in html and "compiling the language model" in html

@@ -7,7 +7,7 @@ from pathlib import Path
 from flask import Flask, request, session
 from flask_babel import Babel, get_locale
 
-from webapp import errors, security
+from webapp import errors, ratelimit, security
 from webapp.settings import WebSettings
 from webapp.state import AppState
 
@@ -42,6 +42,7 @@ def create_app(settings: WebSettings | None = None, engine=None) -> Flask:
     app = Flask(__name__)
     body_limit = settings.max_upload_bytes * 4 // 3 + 2**20  # base64 in JSON is a third bigger
     app.config.update(
+        DEBUG=False,  # never the debugger in serving, whatever FLASK_DEBUG says
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=body_limit,
         MAX_FORM_MEMORY_SIZE=body_limit,
@@ -56,6 +57,7 @@ def create_app(settings: WebSettings | None = None, engine=None) -> Flask:
     app.jinja_env.globals.update(LANGUAGES=LANGUAGES, get_locale=get_locale)
     errors.register(app)
     security.register(app)
+    ratelimit.install(app, settings)
 
     from webapp import api, pages  # noqa: E402  (blueprints import this package's helpers)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from waitress import serve
 
@@ -9,19 +10,31 @@ from runtime.settings import load_dotenv
 from webapp import create_app
 from webapp.settings import WebSettings
 
+log = logging.getLogger("webapp")
 
-def main() -> None:
-    """Read .env and the environment, start the engine loading, and serve."""
+
+def main() -> int:
+    """Read .env and the environment, start the engine loading, and serve; a bad setting or a port that
+    cannot be opened ends the process with one logged line (exit 2 and 1), never a bare traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     load_dotenv()
-    settings = WebSettings.from_env()
-    app = create_app(settings)
-    logging.getLogger("webapp").info("serving on http://%s:%d", settings.host, settings.port)
-    serve(app, host=settings.host, port=settings.port, threads=settings.threads,
-          max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
-          channel_request_lookahead=1,  # lets a streaming answer notice that its client went away
-          ident="internvl-webapp")
+    try:
+        settings = WebSettings.from_env()
+        app = create_app(settings)
+    except ValueError as exc:
+        log.error("invalid setting: %s", exc)
+        return 2
+    log.info("serving on http://%s:%d", settings.host, settings.port)
+    try:
+        serve(app, host=settings.host, port=settings.port, threads=settings.threads,
+              max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
+              channel_request_lookahead=1,  # lets a streaming answer notice that its client went away
+              ident="internvl-webapp")
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

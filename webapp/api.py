@@ -6,9 +6,9 @@ from flask_babel import lazy_gettext as _l
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from runtime.errors import InvalidInput
-from webapp import openai_api, service
+from webapp import openai_api, prepared, service
 from webapp.errors import NotFound
-from webapp.inputs import read_bool, read_choice, read_image, read_payload, read_phrases, read_text
+from webapp.inputs import read_bool, read_choice, read_payload, read_phrases, read_text
 from webapp.openapi import openapi_spec
 from webapp.sse import reply_job
 from webapp.state import state
@@ -23,8 +23,7 @@ def chat():
     """Ask a question about the image (first turn) or follow up on a session."""
     st, payload = state(), read_payload()
     question = read_text(payload, "question", st.settings.max_question_chars)
-    image = read_image(payload, st.settings)
-    options = service.options_from(payload, st)
+    image, options = prepared.request_image(payload, st)
     stream = read_bool(payload, "stream")
     conv = service.find_conversation(st, payload.get("session_id"))
     return reply_job(service.chat_job(st, conv, image, question, options), stream)
@@ -34,9 +33,8 @@ def chat():
 def describe():
     """Describe the image, short or detailed."""
     st, payload = state(), read_payload()
-    image = read_image(payload, st.settings)
     detail = read_choice(payload, "detail", ("short", "detailed"), "short")
-    options = service.options_from(payload, st)
+    image, options = prepared.request_image(payload, st)
     stream = read_bool(payload, "stream")
     conv = service.find_conversation(st, payload.get("session_id"))
     return reply_job(service.describe_job(st, conv, image, detail, options), stream)
@@ -46,13 +44,33 @@ def describe():
 def ground():
     """Find the phrases (or all objects) in the image: boxes, raw text and download links."""
     st, payload = state(), read_payload()
-    image = read_image(payload, st.settings)
+    image, options = prepared.request_image(payload, st)
     if image is None:
         raise InvalidInput(_l("Please add an image."), field="image")
     detect_all = read_bool(payload, "detect_all")
     phrases = read_phrases(payload, st.settings, detect_all)
-    options = service.options_from(payload, st)
     return jsonify(service.ground(st, image, phrases, detect_all, options))
+
+
+@bp.post("/api/v1/images")
+def prepare_image():
+    """Start reading an image before the question: 202 with its status and status_url."""
+    body = prepared.start(state(), read_payload(), "api.image_status")
+    return jsonify(body), 202, {"Location": body["status_url"]}
+
+
+@bp.get("/api/v1/images/<image_id>")
+def image_status(image_id: str):
+    """How far the preparation of an image has got."""
+    return jsonify(prepared.status(state(), image_id, "api.image_status"))
+
+
+@bp.delete("/api/v1/images/<image_id>")
+def cancel_image(image_id: str):
+    """Drop a preparation that is no longer wanted."""
+    if not prepared.cancel(state(), image_id):
+        raise prepared.unknown_image()
+    return "", 204
 
 
 @bp.get("/api/v1/results/<rid>.png")

@@ -54,11 +54,12 @@ GENERIC = {
     "not_found": _l("Not found (it may have expired)."),
     "method_not_allowed": _l("This method is not allowed here."),
     "bad_request": _l("The request could not be understood."),
+    "rate_limited": _l("Too many requests. Please wait a moment and try again."),
     ("input_too_large", "image"): _l("The image is too large (in bytes or in pixels)."),
     ("invalid_input", "image"): _l("Please check the image."),
 }
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "input_too_large",
-              415: "unsupported_media_type"}
+              415: "unsupported_media_type", 429: "rate_limited"}
 
 
 def display_message(exc: RuntimeFailure) -> str:

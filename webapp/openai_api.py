@@ -10,6 +10,7 @@ from flask import jsonify, request
 from flask_babel import lazy_gettext as _l
 
 from runtime.errors import InputTooLarge, InvalidInput
+from runtime.prompts import describe_prompt
 from runtime.types import Answer, GenerationOptions, Turn
 from webapp.inputs import BadJson, Payload, decode_image, image_bytes_from_text, read_bool, read_float, read_int
 from webapp.service import usage
@@ -53,10 +54,10 @@ def chat_completions():
 
 def completion_options(payload: Payload, st: AppState) -> GenerationOptions:
     """GenerationOptions from max_tokens / max_completion_tokens, temperature, top_p, stop, seed, max_tiles."""
-    limit = st.settings.max_new_tokens
+    limit = st.max_new_tokens()  # past it: 400, as on /api/v1 (the default is clamped to it)
     max_tokens = read_int(payload, "max_completion_tokens", 1, limit, None)
     if max_tokens is None:
-        max_tokens = read_int(payload, "max_tokens", 1, limit, GenerationOptions.max_new_tokens)
+        max_tokens = read_int(payload, "max_tokens", 1, limit, min(GenerationOptions.max_new_tokens, limit))
     read_int(payload, "n", 1, 1, 1)  # one choice only
     return GenerationOptions(
         max_new_tokens=max_tokens,
@@ -120,7 +121,10 @@ def message_to_turn(message, st: AppState, budget: list[int]) -> Turn:
         else:
             raise InvalidInput(_l("Unsupported content part: use text, or image_url in a user message."),
                                field="messages")
-    return Turn(role=role, text="\n".join(texts), images=images)
+    text = "\n".join(texts)
+    if images and not text.strip():  # an image alone asks what it shows
+        text = describe_prompt("detailed")
+    return Turn(role=role, text=text, images=images)
 
 
 def _image_url(part: dict) -> str:

@@ -28,19 +28,32 @@ IMAGE = {"type": "string", "format": "binary",
 GEN = {
     "max_tiles": {"type": "integer", "minimum": 1, "maximum": 12,
                   "description": "Tile budget per image: more tiles, more detail, slower."},
-    "max_new_tokens": {"type": "integer", "minimum": 1, "description": "Cap on generated tokens."},
+    "max_new_tokens": {"type": "integer", "minimum": 1, "description": "Cap on generated tokens: at most "
+                       "MAX_NEW_TOKENS_LIMIT or the model's own limit, whichever is lower (see /status); more is "
+                       "a 400."},
     "temperature": {"type": "number", "minimum": 0, "maximum": 2, "description": "0 (default) answers greedily."},
     "top_p": {"type": "number", "minimum": 0, "maximum": 1, "description": "Nucleus sampling mass."},
     "stream": {"type": "boolean", "description": "Answer as Server-Sent Events: {delta} events, "
                "the final answer object, then [DONE]."},
 }
 SESSION = {"type": "string", "description": "Continue this conversation (from an earlier answer)."}
-CHAT = _fields(["question"], image=IMAGE, question={"type": "string"}, session_id=SESSION, **GEN)
-DESCRIBE = _fields([], image=IMAGE, detail={"type": "string", "enum": ["short", "detailed"]},
+IMAGE_ID = {"type": "string", "description": "Instead of image: the image_id from POST /api/v1/images (sent "
+            "without image). Without max_tiles the preparation's tile budget is used and its work reused (if it "
+            "is not finished, the answer waits for it); a different max_tiles is allowed but reads the image "
+            "again. Unknown or expired: 404 not_found with param image_id."}
+CHAT = _fields(["question"], image=IMAGE, image_id=IMAGE_ID, question={"type": "string"}, session_id=SESSION,
+               **GEN)
+DESCRIBE = _fields([], image=IMAGE, image_id=IMAGE_ID, detail={"type": "string", "enum": ["short", "detailed"]},
                    session_id=SESSION, **GEN)
-GROUND = _fields(["image"], image=IMAGE, detect_all={"type": "boolean"}, max_tiles=GEN["max_tiles"],
+GROUND = _fields([], image={**IMAGE, "description": IMAGE["description"] + " Required unless image_id is sent."},
+                 image_id=IMAGE_ID, detect_all={"type": "boolean"}, max_tiles=GEN["max_tiles"],
                  phrases={"type": "array", "items": {"type": "string"},
                           "description": "Objects to find; comma-separated or repeated fields."})
+PREPARE = _fields([], image={**IMAGE, "description": IMAGE["description"] + " Required unless image_id is sent."},
+                  image_id={"type": "string", "description": "Read an earlier preparation's image again, at "
+                            "another max_tiles (no upload)."},
+                  max_tiles={**GEN["max_tiles"], "description": "Tile budget to prepare for (default: the "
+                             "server's); send the same one (or none) with the question to reuse the work."})
 
 SCHEMAS = {
     "Error": _fields(["error"], error=_fields(["code", "message", "type"], code={"type": "string"},
@@ -53,6 +66,16 @@ SCHEMAS = {
                    bbox={"type": "array", "items": {"type": "number"}, "description": "x1, y1, x2, y2 pixels"},
                    bbox_norm={"type": "array", "items": {"type": "integer"}, "description": "0..1000"},
                    flags={"type": "array", "items": {"type": "string"}}),
+    "Preparation": _fields(["image_id", "status", "tiles", "tiles_done", "progress", "max_tiles", "status_url"],
+                           image_id={"type": "string"},
+                           status={"type": "string", "enum": ["queued", "encoding", "ready", "failed"],
+                                   "description": "failed: the image is read when a question comes instead"},
+                           tiles={"type": "integer", "description": "Tiles to read (thumbnail included)"},
+                           tiles_done={"type": "integer"}, progress={"type": "number", "description": "0..1"},
+                           max_tiles={"type": "integer"}, width={"type": "integer"}, height={"type": "integer"},
+                           error={"type": "string", "nullable": True},
+                           seconds={"type": "number", "description": "Time spent reading so far"},
+                           status_url={"type": "string", "description": "GET it to follow the progress"}),
     "Grounding": _fields(["boxes", "image_size", "raw_text", "problems", "downloads", "timings"],
                          id={"type": "string"}, boxes={"type": "array", "items": _ref("Box")},
                          image_size={"type": "object"}, raw_text={"type": "string"},
@@ -67,8 +90,9 @@ def _body(schema: dict) -> dict:
                                           "application/json": {"schema": schema}}}
 
 
-def _op(summary: str, body: dict | None, ok: dict, *errors: int, params: list | None = None) -> dict:
-    op = {"summary": summary, "responses": {"200": ok, **_errors(*errors)}}
+def _op(summary: str, body: dict | None, ok: dict, *errors: int, params: list | None = None,
+        status: str = "200") -> dict:
+    op = {"summary": summary, "responses": {status: ok, **_errors(*errors)}}
     if body is not None:
         op["requestBody"] = body
     if params:
@@ -92,7 +116,18 @@ def _paths() -> dict:
                                          400, 401, 404, 413, 415, 503)},
         "/api/v1/ground": {"post": _op("Find labelled boxes for phrases, or all objects", _body(GROUND),
                                        _json(_ref("Grounding"), "Boxes and download links"),
-                                       400, 401, 413, 415, 503)},
+                                       400, 401, 404, 413, 415, 503)},
+        "/api/v1/images": {"post": _op(
+            "Read an image before the question is asked; then send its image_id to chat, describe or ground",
+            _body(PREPARE), _json(_ref("Preparation"), "Accepted: the image is being read (Location: status_url)"),
+            400, 401, 404, 413, 415, 503, status="202")},
+        "/api/v1/images/{id}": {
+            "get": _op("How far the reading of a prepared image has got", None,
+                       _json(_ref("Preparation"), "The preparation's status"), 401, 404, 503,
+                       params=_path_id("id", "image_id from POST /api/v1/images")),
+            "delete": {"summary": "Drop a preparation that is no longer wanted",
+                       "parameters": _path_id("id", "image_id from POST /api/v1/images"),
+                       "responses": {"204": {"description": "Dropped"}, **_errors(401, 404)}}},
         "/api/v1/results/{id}.png": {"get": _op("Annotated image of a grounding result", None,
                                                 {"description": "PNG", "content": {"image/png": {}}}, 404,
                                                 params=_path_id("id", "Result id from /api/v1/ground"))},
@@ -103,7 +138,8 @@ def _paths() -> dict:
                                              "parameters": _path_id("id", "session_id of the conversation"),
                                              "responses": {"204": {"description": "Deleted"}, **_errors(404)}}},
         "/v1/chat/completions": {"post": _op(
-            "OpenAI-compatible chat (text and image_url data: URLs; stream, max_tokens, temperature, top_p, stop)",
+            "OpenAI-compatible chat (text and image_url data: URLs; stream, max_tokens, temperature, top_p, stop); "
+            "a user message with only an image is answered with a detailed description",
             {"required": True, "content": {"application/json": {"schema": _fields(
                 ["messages"], model={"type": "string"}, messages={"type": "array", "items": any_json},
                 stream={"type": "boolean"}, max_tokens={"type": "integer"}, temperature={"type": "number"},

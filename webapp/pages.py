@@ -1,17 +1,17 @@
-"""The pages blueprint: chat, grounding, status, API docs and the language switch."""
+"""The pages blueprint: chat, grounding, images read ahead, status, API docs and the language switch."""
 from __future__ import annotations
 
 import json
 from urllib.parse import urlsplit
 
-from flask import Blueprint, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, g, jsonify, redirect, render_template, request, session, url_for
 from flask_babel import gettext, ngettext
 from flask_babel import lazy_gettext as _l
 
 from runtime.errors import InvalidInput
-from webapp import LANGUAGES, service
+from webapp import LANGUAGES, prepared, service
 from webapp.errors import NotFound
-from webapp.inputs import read_bool, read_choice, read_image, read_payload, read_phrases, read_text
+from webapp.inputs import read_bool, read_choice, read_payload, read_phrases, read_text
 from webapp.openapi import openapi_spec
 from webapp.security import check_csrf
 from webapp.sse import reply_job
@@ -20,6 +20,7 @@ from webapp.store import Conversation, new_id
 
 bp = Blueprint("pages", __name__)
 ACTIONS = ("ask", "describe_short", "describe_detailed")
+NO_STORE = {"Cache-Control": "no-store"}  # status polls must never be answered from a cache
 
 
 @bp.before_request
@@ -43,8 +44,7 @@ def chat_post():
     payload = read_payload()
     g.form = {"question": payload.get("question", ""), "max_tiles": payload.get("max_tiles")}
     action = read_choice(payload, "action", ACTIONS, "ask")
-    image = read_image(payload, st.settings)
-    options = service.options_from(payload, st)
+    image, options = prepared.request_image(payload, st)
     if action == "ask":
         question = read_text(payload, "question", st.settings.max_question_chars)
         job = service.chat_job(st, conv, image, question, options)
@@ -60,8 +60,9 @@ def chat_post():
 
 @bp.post("/chat/new")
 def new_conversation():
-    """Forget the dialog and start over."""
+    """Forget the dialog and the image read ahead for it, and start over."""
     state().sessions.delete(session.pop("sid", None))
+    prepared.cancel(state(), session.pop("image_id", None))
     return redirect(url_for(".chat_page"), 303)
 
 
@@ -78,16 +79,34 @@ def ground_post():
     payload = read_payload()
     g.form = {"phrases": ", ".join(str(p) for p in payload.getlist("phrases")),
               "detect_all": payload.get("detect_all") is not None, "max_tiles": payload.get("max_tiles")}
-    image = read_image(payload, st.settings)
+    image, options = prepared.request_image(payload, st)
     if image is None:
         raise InvalidInput(_l("Please add an image."), field="image")
     detect_all = read_bool(payload, "detect_all")
     phrases = read_phrases(payload, st.settings, detect_all)
-    options = service.options_from(payload, st)
     report = service.ground(st, image, phrases, detect_all, options)
     session["ground_result"] = report["id"]
     session["max_tiles"] = options.max_tiles
     return redirect(url_for(".ground_page"), 303)
+
+
+@bp.post("/images")
+def prepare_image():
+    """Read the chosen image ahead of the question (fetch() from the chat and grounding pages).
+
+    The browser's previous preparation is dropped: one image per browser session is read ahead."""
+    st = state()
+    body = prepared.start(st, read_payload(), "pages.image_status")
+    previous, session["image_id"] = session.get("image_id"), body["image_id"]
+    if previous != body["image_id"]:
+        prepared.cancel(st, previous)
+    return jsonify(body), 202, NO_STORE
+
+
+@bp.get("/images/<image_id>")
+def image_status(image_id: str):
+    """How far the reading of an image has got (polled by the page next to its preview)."""
+    return jsonify(prepared.status(state(), image_id, "pages.image_status")), 200, NO_STORE
 
 
 @bp.get("/status")
@@ -95,7 +114,7 @@ def status_page():
     """Model, backend, device, load progress (refreshing while loading) and recent timings."""
     st = state()
     return render_template("status.html", info=st.info(), recent=st.metrics.recent_list(),
-                           settings=st.settings)
+                           settings=st.settings, max_new_tokens=st.max_new_tokens())
 
 
 @bp.get("/docs")
@@ -159,7 +178,9 @@ def _page_strings() -> dict:
     return {"tiles": tile_labels(), "thinking": gettext("Thinking…"), "you": gettext("You"),
             "assistant": gettext("Assistant"), "network": gettext("The connection was lost. Please try again."),
             "stopped": gettext("Stopped. This answer is not kept in the conversation."),
-            "working": gettext("Working…")}
+            "working": gettext("Working…"), "prep_sending": gettext("Sending the image…"),
+            "prep_reading": gettext("Reading the image… %(done)d/%(total)d"), "prep_ready": gettext("Image ready"),
+            "prep_failed": gettext("The image could not be read ahead; it will be read when you ask.")}
 
 
 def render_chat(conv: Conversation, errors: dict | None = None, form: dict | None = None) -> str:

@@ -32,10 +32,12 @@ class Job:
 
 
 def options_from(payload: Payload, st: AppState) -> GenerationOptions:
-    """GenerationOptions from the request's max_tiles, max_new_tokens, temperature and top_p fields."""
+    """GenerationOptions from the request's max_tiles, max_new_tokens, temperature and top_p fields.
+
+    max_new_tokens past the limit (st.max_new_tokens()) is refused; the default is clamped to it."""
+    limit = st.max_new_tokens()
     return GenerationOptions(
-        max_new_tokens=read_int(payload, "max_new_tokens", 1, st.settings.max_new_tokens,
-                                GenerationOptions.max_new_tokens),
+        max_new_tokens=read_int(payload, "max_new_tokens", 1, limit, min(GenerationOptions.max_new_tokens, limit)),
         max_tiles=read_int(payload, "max_tiles", 1, 12, None),
         temperature=read_float(payload, "temperature", 0.0, 2.0, 0.0),
         top_p=read_float(payload, "top_p", 0.0, 1.0, 1.0),

@@ -1,12 +1,16 @@
 """Web app configuration, read once from the environment (`WebSettings.from_env()`)."""
 from __future__ import annotations
 
+import logging
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.settings import default_cache_dir
+
+log = logging.getLogger(__name__)
 
 
 def _env(name: str, default, cast=str):
@@ -16,14 +20,39 @@ def _env(name: str, default, cast=str):
         return default
     if cast is bool:
         return raw.strip().lower() in ("1", "true", "yes", "on")
-    return cast(raw.strip())
+    try:
+        return cast(raw.strip())
+    except ValueError:
+        raise ValueError(f"{name} must be a {_WORDS.get(cast, cast.__name__)}, got {raw.strip()!r}") from None
+
+
+_WORDS = {int: "whole number", float: "number"}
+_RATE = r"\s*\d+\s*(?:/|per)\s*(?:\d+\s*)?(?:second|minute|hour|day)s?\s*"
+RATE_RE = re.compile(rf"{_RATE}(?:[;,]{_RATE})*")  # flask-limiter's notation, one limit or several
 
 
 def load_secret_key(cache_dir: str) -> str:
-    """Return the key stored in <cache_dir>/secret_key, creating it (mode 0600) on first use."""
+    """Return the key stored in <cache_dir>/secret_key, creating it (mode 0600) on first use.
+
+    When the file can be neither read nor created (read-only or unwritable cache), a key for this process
+    only is returned with a warning: the server still starts, but sessions do not survive a restart."""
     path = Path(cache_dir) / "secret_key"
     try:
-        return path.read_text(encoding="ascii").strip()
+        return _read_or_create_key(path)
+    except (OSError, UnicodeError) as exc:
+        log.warning("cannot keep the session secret in %s (%s): using a temporary one, so sessions end when "
+                    "the server restarts; set SECRET_KEY or make the folder writable", path,
+                    getattr(exc, "strerror", None) or exc)
+        return secrets.token_urlsafe(48)
+
+
+def _read_or_create_key(path: Path) -> str:
+    """The key in path, or a new one written there with owner-only permissions."""
+    try:
+        key = path.read_text(encoding="ascii").strip()
+        if key:
+            return key
+        path.unlink()  # an empty file (e.g. a crash between create and write): make a new key
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +92,7 @@ class WebSettings:
     remote_timeout_s: float = 10.0  # REMOTE_IMAGE_TIMEOUT_S: time limit for fetching a remote image
     api_key: str = ""  # API_KEY: when set, /api and /v1 need "Authorization: Bearer <key>" or "X-API-Key"
     recent_requests: int = 20  # RECENT_REQUESTS: timings of this many recent requests shown on /status
+    rate_limit: str = ""  # RATE_LIMIT: requests per client address on /api and /v1, e.g. "60/minute" ("" = off)
 
     @classmethod
     def from_env(cls, **overrides) -> "WebSettings":
@@ -90,6 +120,7 @@ class WebSettings:
             "remote_timeout_s": _env("REMOTE_IMAGE_TIMEOUT_S", 10.0, float),
             "api_key": _env("API_KEY", ""),
             "recent_requests": _env("RECENT_REQUESTS", 20, int),
+            "rate_limit": _env("RATE_LIMIT", ""),
         }
         env.update(overrides)
         if not env["secret_key"]:
@@ -108,6 +139,8 @@ class WebSettings:
                      "max_sessions", "session_store_mb", "result_ttl_s", "max_results", "result_store_mb"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.rate_limit and not RATE_RE.fullmatch(self.rate_limit):
+            raise ValueError(f'RATE_LIMIT must look like "60/minute" or "10/second; 200/hour", got {self.rate_limit!r}')
 
     @property
     def max_upload_bytes(self) -> int:

@@ -36,6 +36,15 @@ class AppState:
         except Exception as e:  # the status page and /health must answer even then
             return {"state": "error", "error": str(e) or type(e).__name__, "progress": ""}
 
+    def max_new_tokens(self) -> int:
+        """The largest max_new_tokens a client may ask for: MAX_NEW_TOKENS_LIMIT, or the engine's own cap
+        (its MAX_NEW_TOKENS, reported by info()) when that is lower."""
+        cap = self.info().get("max_new_tokens")
+        limit = self.settings.max_new_tokens
+        if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1:
+            limit = min(limit, cap)
+        return limit
+
 
 def _queue_depth(engine) -> float:
     try:

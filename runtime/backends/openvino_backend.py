@@ -111,6 +111,7 @@ class OpenVINOBackend:
         if cache_dir:
             self.core.set_property({"CACHE_DIR": cache_dir})
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": str(settings.ov_streams)}
+        if os.environ.get("XXX_CAP"): config["CPU_RUNTIME_CACHE_CAPACITY"] = os.environ["XXX_CAP"]  # EXPERIMENT
         if settings.ov_threads:
             config["INFERENCE_NUM_THREADS"] = str(settings.ov_threads)
         if settings.inference_precision:

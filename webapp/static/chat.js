@@ -1,5 +1,6 @@
 // Chat page: send the form with fetch() and show the answer as it streams in (Server-Sent Events).
-// Model text is only ever put into the page with textContent.
+// An image read ahead (prepare.js) is sent as its image_id. Model text is only ever put into the page
+// with textContent.
 (function () {
   "use strict";
 
@@ -35,7 +36,8 @@
   }
 
   function showError(form, error) {
-    var slot = (error.param && document.getElementById("error-" + error.param)) ||
+    var param = error.param === "image_id" ? "image" : error.param;
+    var slot = (param && document.getElementById("error-" + param)) ||
       document.getElementById("error-form");
     slot.textContent = error.message || String(error);
     slot.hidden = false;
@@ -81,6 +83,7 @@
     var stop = document.getElementById("stop");
     var buttons = form.querySelectorAll("button[type=submit]");
     var fileInput = form.querySelector("input[type=file]");
+    var zone = form.querySelector("[data-dropzone]");
     var controller = null;
 
     function busy(on) {
@@ -103,12 +106,22 @@
       var text = "";
       controller = new AbortController();
       busy(true);
-      try {
+      function send() {
         // getAttribute: form.action would be the button named "action"
-        var response = await fetch(form.getAttribute("action"), {
+        return fetch(form.getAttribute("action"), {
           method: "POST", body: data, credentials: "same-origin", signal: controller.signal,
           headers: {"Accept": "text/event-stream", "X-CSRF-Token": csrf}
         });
+      }
+      try {
+        var imageId = zone && zone.preparedId ? await zone.preparedId() : "";
+        if (imageId) { data.set("image_id", imageId); data.delete("image"); } else { data.delete("image_id"); }
+        var response = await send();
+        if (response.status === 404 && imageId && file) {  // the reading expired meanwhile: send the file
+          data.delete("image_id");
+          data.set("image", file);
+          response = await send();
+        }
         if (!response.ok) {
           var body = await response.json().catch(function () { return {error: {message: i18n.network}}; });
           mine.node.remove();
@@ -130,7 +143,6 @@
           }
         });
         document.getElementById("question").value = "";
-        var zone = form.querySelector("[data-dropzone]");
         if (zone && zone.resetPreview) { zone.resetPreview(); }
       } catch (err) {
         reply.node.classList.remove("pending");

@@ -14,10 +14,15 @@
     function show() {
       if (url) { URL.revokeObjectURL(url); url = null; }
       var file = input.files && input.files[0];
-      if (!file) { preview.hidden = true; preview.removeAttribute("src"); return; }
-      url = URL.createObjectURL(file);
-      preview.src = url;
-      preview.hidden = false;
+      if (!file) {
+        preview.hidden = true;
+        preview.removeAttribute("src");
+      } else {
+        url = URL.createObjectURL(file);
+        preview.src = url;
+        preview.hidden = false;
+      }
+      zone.dispatchEvent(new CustomEvent("imagechange"));  // prepare.js sends it ahead
     }
     input.addEventListener("change", show);
     zone.addEventListener("dragover", function (e) { e.preventDefault(); zone.classList.add("over"); });
