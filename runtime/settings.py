@@ -73,7 +73,7 @@ class RuntimeSettings:
     concurrency: int = 1  # CONCURRENCY: generations run at once
     max_queue: int = 8  # MAX_QUEUE: requests allowed to wait; more get Busy
     image_cache_mb: int = 512  # IMAGE_CACHE_MB: memory for cached image embeddings
-    kv_cache_mb: int = 1024  # KV_CACHE_MB: memory for saved KV-cache prefixes (follow-ups, prepared images)
+    kv_cache_mb: int = 256  # KV_CACHE_MB: memory for saved KV-cache prefixes (follow-ups, prepared images)
     max_prepared: int = 256  # MAX_PREPARED: prepared images remembered at once (oldest dropped first)
     prepare_ttl_s: int = 3600  # PREPARE_TTL_S: a prepared image's id expires after this many seconds
 
@@ -97,7 +97,7 @@ class RuntimeSettings:
             "concurrency": _env("CONCURRENCY", 1, int),
             "max_queue": _env("MAX_QUEUE", 8, int),
             "image_cache_mb": _env("IMAGE_CACHE_MB", 512, int),
-            "kv_cache_mb": _env("KV_CACHE_MB", 1024, int),
+            "kv_cache_mb": _env("KV_CACHE_MB", 256, int),
             "max_prepared": _env("MAX_PREPARED", 256, int),
             "prepare_ttl_s": _env("PREPARE_TTL_S", 3600, int),
         }
