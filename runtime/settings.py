@@ -24,8 +24,8 @@ def load_dotenv(path: str | os.PathLike = ".env") -> None:
 
 
 def default_cache_dir() -> str:
-    """`/cache` inside the container, `./data/model_cache` on a host."""
-    return "/cache" if Path("/.dockerenv").exists() else str(Path("data/model_cache").resolve())
+    """`./data/model_cache` of the working folder (the images set HF_CACHE_DIR=/cache themselves)."""
+    return str(Path("data/model_cache").resolve())
 
 
 def model_slug(model_name: str) -> str:
