@@ -223,15 +223,20 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     results_path = args.out_dir / "results.json"
-    if args.report_only:
-        report.write_all(json.loads(results_path.read_text()), args.out_dir)
+    cache = str(Path(args.cache_dir or default_cache_dir()).resolve())
+    if args.report_only:  # recompute floors and ratios from the stored figures, rewrite the files
+        old = json.loads(results_path.read_text())
+        raw = [dict(r, samples=old.get("samples", {}).get(r["config"])) for r in old["rows"]]
+        results = report.build(old["machine"], old["model"], cache, raw)
+        results["created"] = old["created"]
+        report.write_all(results, args.out_dir)
+        print(report.table(results))
         return 0
     try:
         selected = cfgs.select(args.configs, args.quick)
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
-    cache = str(Path(args.cache_dir or default_cache_dir()).resolve())
     model = choose_model(args)
     (HERE / "cache").mkdir(exist_ok=True)
     print(f"bench: model {model}, cache {cache}, configs {', '.join(c.name for c in selected)}, "

@@ -20,15 +20,17 @@ def draw(results: dict, figures: dict, path: Path) -> None:
     default = results.get("default")
     for ax, key in zip(axes.flat, PANELS):
         title, unit, better, target = figures[key]
-        values = [r.get(key) or 0 for r in rows]
+        raw = [r.get(key) for r in rows]
+        values = [v or 0 for v in raw]
         colors = ["#999999" if n == results["baseline"] else "#d62728" if n == default else "#1f77b4"
                   for n in names]
         ax.barh(range(len(rows)), values, color=colors)
         ax.set_yticks(range(len(rows)), names, fontsize=7)
         ax.invert_yaxis()
         ax.set_title(f"{title} ({unit}, {'lower' if better == 'low' else 'higher'} is better)", fontsize=9)
-        for i, v in enumerate(values):
-            ax.text(v, i, f" {v:.2f}" if v < 10 else f" {v:.0f}", va="center", fontsize=7)
+        for i, v in enumerate(raw):
+            label = " n/a" if v is None else f" {v:.2f}" if v < 10 else f" {v:.0f}"
+            ax.text(v or 0, i, label, va="center", fontsize=7)
         if target is not None:
             ax.axvline(target, color="green", linestyle="--", linewidth=1, label="target")
         floor = next((r["floors"].get(key) for r in rows if r["config"] == default and r.get("floors")), None)

@@ -21,6 +21,8 @@ FIGURES = {
     "peak_rss_gb": ("peak RSS", "GB", "low", 1.5),
     "concurrent_tok_s": ("4 clients", "tok/s", "high", None),
 }
+REQUIRED = ("load_s", "ttft_1tile_s", "ttft_3tile_s", "ttft_turn2_s", "ttft_prepared_1tile_s",
+            "ttft_prepared_3tile_s", "decode_tok_s", "peak_rss_gb", "concurrent_tok_s")
 CONCURRENCY_TARGET = 1.3  # 4 clients >= 1.3x one client's throughput
 IMAGE_PREFIX = 6  # tokens around one image's <IMG_CONTEXT> run that a prepared prefix also holds
 
@@ -69,6 +71,8 @@ def build(ceilings: dict, model: str, cache: str, raw_rows: list[dict]) -> dict:
     rows = []
     for raw in raw_rows:
         row = {k: v for k, v in raw.items() if k != "samples"}
+        for key in REQUIRED:  # every row carries every documented figure, None where not measured
+            row.setdefault(key, None)
         if "error" not in raw and raw.get("prompt_tokens_1tile"):
             row["floors"] = f = floors(raw, ceilings, lm_weight_bytes(raw, cache, model))
             # times: how many times the floor it takes; decode: the fraction of its ceiling it reaches

@@ -130,7 +130,7 @@ def test_main_serves_with_waitress_never_debug(monkeypatch, fake_engine):
     monkeypatch.setattr(main, "create_app", lambda settings: __import__("webapp").create_app(settings, fake_engine))
     monkeypatch.setattr(main, "serve", lambda app, **kw: served.update(app=app, **kw))
     main.main()
-    assert served["port"] == 7999 and served["threads"] == 8 and not served["app"].debug
+    assert served["port"] == 7999 and served["threads"] == 16 and not served["app"].debug
 
 
 def test_create_app_without_engine_starts_the_real_one(monkeypatch, web_settings, fake_engine):

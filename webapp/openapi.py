@@ -15,8 +15,19 @@ def _json(schema: dict, description: str) -> dict:
 def _errors(*codes: int) -> dict:
     words = {400: "Bad input", 401: "Missing or wrong API key", 404: "Unknown or expired id",
              413: "Too large", 415: "Not an image / wrong content type",
+             429: "Too many requests from this client (RATE_LIMIT; see Retry-After)",
              503: "Model loading or server busy (see Retry-After)"}
     return {str(c): _json(_ref("Error"), words[c]) for c in codes}
+
+
+SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {
+    "type": "string", "description": "JSON: {\"delta\": text} events, then the final object (or an Error), "
+                                     "then the literal [DONE]"}}}
+
+
+def _or_stream(ok: dict) -> dict:
+    """A 200 answer that is Server-Sent Events instead when the request says stream=true."""
+    return {**ok, "content": {**ok["content"], "text/event-stream": {"schema": SSE_EVENT}}}
 
 
 def _fields(required: list[str], **props) -> dict:
@@ -92,7 +103,8 @@ def _body(schema: dict) -> dict:
 
 def _op(summary: str, body: dict | None, ok: dict, *errors: int, params: list | None = None,
         status: str = "200") -> dict:
-    op = {"summary": summary, "responses": {status: ok, **_errors(*errors)}}
+    limited = (429,) if body is not None else ()  # RATE_LIMIT counts the requests that make work
+    op = {"summary": summary, "responses": {status: ok, **_errors(*errors, *limited)}}
     if body is not None:
         op["requestBody"] = body
     if params:
@@ -107,7 +119,7 @@ def _path_id(name: str, description: str) -> list:
 
 def _paths() -> dict:
     """Every path of the API with its operations."""
-    answer = _json(_ref("Answer"), "The answer (or text/event-stream when stream=true)")
+    answer = _or_stream(_json(_ref("Answer"), "The answer (or text/event-stream when stream=true)"))
     any_json = {"type": "object"}
     paths = {
         "/api/v1/chat": {"post": _op("Ask about an image; follow up with session_id", _body(CHAT), answer,
@@ -127,7 +139,7 @@ def _paths() -> dict:
                        params=_path_id("id", "image_id from POST /api/v1/images")),
             "delete": {"summary": "Drop a preparation that is no longer wanted",
                        "parameters": _path_id("id", "image_id from POST /api/v1/images"),
-                       "responses": {"204": {"description": "Dropped"}, **_errors(401, 404)}}},
+                       "responses": {"204": {"description": "Dropped"}, **_errors(401, 404, 429)}}},
         "/api/v1/results/{id}.png": {"get": _op("Annotated image of a grounding result", None,
                                                 {"description": "PNG", "content": {"image/png": {}}}, 404,
                                                 params=_path_id("id", "Result id from /api/v1/ground"))},
@@ -136,7 +148,8 @@ def _paths() -> dict:
                                                  params=_path_id("id", "Result id from /api/v1/ground"))},
         "/api/v1/sessions/{id}": {"delete": {"summary": "Forget a conversation",
                                              "parameters": _path_id("id", "session_id of the conversation"),
-                                             "responses": {"204": {"description": "Deleted"}, **_errors(404)}}},
+                                             "responses": {"204": {"description": "Deleted"},
+                                                           **_errors(401, 404, 429)}}},
         "/v1/chat/completions": {"post": _op(
             "OpenAI-compatible chat (text and image_url data: URLs; stream, max_tokens, temperature, top_p, stop); "
             "a user message with only an image is answered with a detailed description",
@@ -145,7 +158,8 @@ def _paths() -> dict:
                 stream={"type": "boolean"}, max_tokens={"type": "integer"}, temperature={"type": "number"},
                 top_p={"type": "number"}, stop={"type": "array", "items": {"type": "string"}},
                 max_tiles=GEN["max_tiles"])}}},
-            _json(any_json, "chat.completion (or chat.completion.chunk events)"), 400, 401, 413, 503)},
+            _or_stream(_json(any_json, "chat.completion (or chat.completion.chunk events)")), 400, 401, 413,
+            503)},
         "/v1/models": {"get": _op("The served model", None, _json(any_json, "Model list"), 401)},
         "/health": {"get": {"summary": "200 when ready; 503 while loading or after a load error",
                             "responses": {"200": _json(any_json, "Ready"),

@@ -21,6 +21,8 @@ def install(app: Flask, settings: WebSettings) -> None:
         from flask_limiter.util import get_remote_address
     except ImportError:
         raise ValueError("RATE_LIMIT is set but flask-limiter is not installed (pip install flask-limiter)") from None
-    limiter = Limiter(get_remote_address, app=app, default_limits=[settings.rate_limit], storage_uri="memory://",
-                      headers_enabled=True, default_limits_exempt_when=lambda: request.method in CHEAP)
+    # application limits: one budget per client across all routes (default limits would count each route apart)
+    limiter = Limiter(get_remote_address, app=app, application_limits=[settings.rate_limit],
+                      application_limits_exempt_when=lambda: request.method in CHEAP, storage_uri="memory://",
+                      headers_enabled=True)
     app.extensions["webapp_limiter"] = limiter

@@ -72,7 +72,7 @@ class WebSettings:
 
     host: str = "0.0.0.0"  # HOST: interface to listen on
     port: int = 7860  # PORT: TCP port to listen on
-    threads: int = 8  # WEB_THREADS: waitress worker threads
+    threads: int = 16  # WEB_THREADS: waitress worker threads (keep above MAX_QUEUE + CONCURRENCY)
     secret_key: str = ""  # SECRET_KEY: signs the session cookie ("" = made once, kept in <HF_CACHE_DIR>/secret_key)
     max_upload_mb: int = 20  # MAX_UPLOAD_MB: largest accepted image upload (and request body), in MiB
     max_pixels: int = 50_000_000  # MAX_IMAGE_PIXELS: largest accepted image, width x height
@@ -100,7 +100,7 @@ class WebSettings:
         env = {
             "host": _env("HOST", "0.0.0.0"),
             "port": _env("PORT", 7860, int),
-            "threads": _env("WEB_THREADS", 8, int),
+            "threads": _env("WEB_THREADS", 16, int),
             "secret_key": _env("SECRET_KEY", ""),
             "max_upload_mb": _env("MAX_UPLOAD_MB", 20, int),
             "max_pixels": _env("MAX_IMAGE_PIXELS", 50_000_000, int),
