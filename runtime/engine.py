@@ -29,7 +29,8 @@ class Engine:
         self._loader = loader  # callable(settings) -> (backend, tokenizer); tests may pass their own
         self._state, self._progress, self._error = "loading", "waiting to start", None
         self._runner: Runner | None = None
-        self._slots: list[Slot] = []
+        self._slots: list[Slot] = []  # the free ones
+        self._capacity = 0  # slots in all
         self._free = threading.Semaphore(0)
         self._lock = threading.Lock()
         self._waiting = 0
@@ -63,6 +64,7 @@ class Engine:
             self._slots = [Slot(backend.new_sequence(), np.zeros(0, np.int64))
                            for _ in range(max(1, self.settings.concurrency))]
             self._free = threading.Semaphore(len(self._slots))
+            self._capacity = len(self._slots)  # fixed: self._slots shrinks while slots are in use
             self._preparer = Preparer(self, self.settings.max_prepared, self.settings.prepare_ttl_s)
             self._backend_info = {"backend": backend.name, "device": backend.device, **backend.info()}
             self.load_seconds = time.perf_counter() - t0
@@ -196,7 +198,7 @@ class Engine:
         if self._state != "ready":
             raise ModelNotReady(self._error or "The model is still loading, please retry shortly.")
         with self._lock:
-            if self._waiting >= self.settings.max_queue + len(self._slots):
+            if self._waiting >= self.settings.max_queue + self._capacity:  # running + waiting
                 raise Busy(retry_after=5)
             self._waiting += 1
         t0 = time.perf_counter()
