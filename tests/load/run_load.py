@@ -1,6 +1,6 @@
 """Load test: the real server (`python -m webapp`, tiny random model) under concurrent mixed clients.
 
-    python tests/load/run_load.py                       # 16 clients x 50 requests (MAX_QUEUE=8: some 503s)
+    python tests/load/run_load.py                       # 16 clients x 50 requests (MAX_QUEUE=4: some 503s)
     python tests/load/run_load.py --clients 4 --requests 25 --max-queue 8
     python tests/load/run_load.py --rate-limit 100/minute   # some 429s as well
 
@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
     p.add_argument("--requests", type=int, default=50, help="requests per client (default 50)")
-    p.add_argument("--max-queue", type=int, default=8, help="server MAX_QUEUE (default 8: more clients get 503)")
+    p.add_argument("--max-queue", type=int, default=4,
+                   help="server MAX_QUEUE (default 4, so that some of the 16 clients are refused)")
     p.add_argument("--retry-pause", type=float, default=0.5,
                    help="seconds a refused client waits before its next request (default 0.5)")
     p.add_argument("--concurrency", type=int, default=1, help="server CONCURRENCY (default 1)")
