@@ -151,6 +151,20 @@ def test_port_in_use_stops_with_one_line(tmp_path):
     assert proc.returncode == 1 and "cannot listen" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_too_few_web_threads_for_the_queue_is_warned(monkeypatch, fake_engine, caplog):
+    """Every thread could be held by a queued generation: /health would wait behind them. Say so at start."""
+    import webapp
+    import webapp.__main__ as main
+
+    monkeypatch.setenv("SECRET_KEY", "k")
+    monkeypatch.setenv("WEB_THREADS", "4")  # the fake engine reports MAX_QUEUE=8
+    monkeypatch.setattr(main, "create_app", lambda settings: webapp.create_app(settings, fake_engine))
+    monkeypatch.setattr(main, "serve", lambda app, **kw: None)
+    with caplog.at_level(logging.WARNING):
+        assert main.main() == 0
+    assert "WEB_THREADS=4 is not above MAX_QUEUE + CONCURRENCY = 9" in caplog.text
+
+
 # ---------------------------------------------------------------------------- a bug inside one request
 
 def _post(server, path: str, **kw) -> requests.Response:

@@ -7,10 +7,11 @@ last position (the graph is sliced before it), as VLMPipeline does.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import queue
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,6 @@ class OpenVINOBackend:
         if cache_dir:
             self.core.set_property({"CACHE_DIR": cache_dir})
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": str(settings.ov_streams)}
-        if os.environ.get("XXX_CAP"): config["CPU_RUNTIME_CACHE_CAPACITY"] = os.environ["XXX_CAP"]  # EXPERIMENT
         if settings.ov_threads:
             config["INFERENCE_NUM_THREADS"] = str(settings.ov_threads)
         if settings.inference_precision:
@@ -123,24 +123,34 @@ class OpenVINOBackend:
         self.lm = self.core.compile_model(lm, "CPU", dict(config, KV_CACHE_PRECISION=settings.kv_cache_precision))
         self.hidden_size = int(self.embeddings.output(0).get_partial_shape()[-1].get_length())
         self._settings = settings
-        self._local = threading.local()  # per-thread infer requests: creating one per call costs on every token
+        # Idle infer requests, reused: creating one per call costs on every token, and one per thread (the
+        # web server's workers, a new thread per streamed answer) keeps a set of activations for each, which
+        # adds up with the threads. The pool holds as many as ever ran at once (slots + preparer).
+        self._idle = {"vision": queue.SimpleQueue(), "embeddings": queue.SimpleQueue()}
 
+    @contextlib.contextmanager
     def _request(self, name: str):
-        request = getattr(self._local, name, None)
-        if request is None:
+        """An idle infer request of the named model (a new one when all are busy), given back after use."""
+        try:
+            request = self._idle[name].get_nowait()
+        except queue.Empty:
             request = getattr(self, name).create_infer_request()
-            setattr(self._local, name, request)
-        return request
+        try:
+            yield request
+        finally:
+            self._idle[name].put(request)
 
     def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
         """(tiles, 3, 448, 448) -> (tiles * 256, hidden)."""
-        out = self._request("vision").infer({0: pixel_values})[0]  # (tiles, 256, hidden)
-        return np.array(out, dtype=np.float32).reshape(-1, out.shape[-1])  # a copy, as above
+        with self._request("vision") as request:
+            out = request.infer({0: pixel_values})[0]  # (tiles, 256, hidden)
+            return np.array(out, dtype=np.float32).reshape(-1, out.shape[-1])  # a copy: the buffer is reused
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
         """(T,) -> (T, hidden)."""
-        out = self._request("embeddings").infer({0: ids[None].astype(np.int64)})[0]
-        return np.array(out[0], dtype=np.float32)  # a copy: the request's output buffer is reused
+        with self._request("embeddings") as request:
+            out = request.infer({0: ids[None].astype(np.int64)})[0]
+            return np.array(out[0], dtype=np.float32)  # a copy: the request's output buffer is reused
 
     def new_sequence(self) -> OpenVINOSequence:
         """A fresh sequence with its own infer request (and KV state)."""

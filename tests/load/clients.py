@@ -258,7 +258,7 @@ class Client:
 
     # ------------------------------------------------------------ scenarios
     def chat(self) -> int:
-        data, size, mime = make_image(self.rng, self.mix.image_side)
+        data, _, mime = make_image(self.rng, self.mix.image_side)
         mnt, tiles = self._options()
 
         def check(resp):
@@ -284,7 +284,7 @@ class Client:
         return 1
 
     def chat_stream(self) -> int:
-        data, size, mime = make_image(self.rng, self.mix.image_side)
+        data, _, mime = make_image(self.rng, self.mix.image_side)
         mnt, tiles = self._options()
 
         def check(resp):
@@ -296,7 +296,7 @@ class Client:
         return 1
 
     def describe(self) -> int:
-        data, size, mime = make_image(self.rng, self.mix.image_side)
+        data, _, _ = make_image(self.rng, self.mix.image_side)
         mnt, tiles = self._options()
 
         def check(resp):
@@ -333,7 +333,7 @@ class Client:
         return 3
 
     def openai(self) -> int:
-        data, size, mime = make_image(self.rng, self.mix.image_side)
+        data, _, mime = make_image(self.rng, self.mix.image_side)
         mnt, tiles = self._options()
 
         def check(resp):
@@ -343,7 +343,7 @@ class Client:
         return 1
 
     def openai_stream(self) -> int:
-        data, size, mime = make_image(self.rng, self.mix.image_side)
+        data, _, mime = make_image(self.rng, self.mix.image_side)
         mnt, tiles = self._options()
 
         def check(resp):

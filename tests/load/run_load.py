@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     p.add_argument("--retry-pause", type=float, default=0.5,
                    help="seconds a refused client waits before its next request (default 0.5)")
     p.add_argument("--concurrency", type=int, default=1, help="server CONCURRENCY (default 1)")
-    p.add_argument("--threads", type=int, default=8, help="server WEB_THREADS (default 8)")
+    p.add_argument("--threads", type=int, default=16, help="server WEB_THREADS (default 16)")
     p.add_argument("--rate-limit", default="", help='server RATE_LIMIT, e.g. "100/minute" (default off)')
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"HF_CACHE_DIR (default {DEFAULT_CACHE})")
     p.add_argument("--seed", type=int, default=0)
