@@ -12,7 +12,7 @@ export MODEL_NAME ?= OpenGVLab/InternVL3_5-1B
 export HF_CACHE_DIR ?= $(CURDIR)/data/model_cache
 export PORT ?= 7860
 
-.PHONY: venv install export run serve test test-slow bench lint clean help
+.PHONY: venv install export run serve test test-slow bench bench-quality lint clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,6 +49,10 @@ test-slow: $(STAMP)  ## the slow tier (full-size model, soak)
 bench: ## side-by-side speed benchmark on the exact InternVL3.5-1B configuration (minutes)
 	$(MAKE) EXTRAS=export,test,bench venv
 	$(PY) -m bench
+
+bench-quality: ## error of each precision / compute option against fp32, full-size and tiny model (~10 min)
+	$(MAKE) EXTRAS=export,test,bench venv
+	$(PY) -m bench.quality
 
 clean:  ## remove the virtual environment (the model cache is kept)
 	rm -rf $(VENV)

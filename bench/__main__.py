@@ -166,7 +166,13 @@ def inference_label(cfg: Config, info: dict) -> str:
     raw = str(info.get("inference_precision", "fp32" if cfg.backend != "openvino" else cfg.inference_precision))
     names = {"bfloat16": "bf16", "float32": "f32", "f32": "f32", "bf16": "bf16", "float16": "f16", "f16": "f16"}
     label = next((v for k, v in names.items() if k in raw.lower()), raw)
-    return f"{label} (default)" if cfg.backend == "openvino" and not cfg.inference_precision else label
+    if cfg.backend != "openvino":
+        return label
+    label = f"{label} (default)" if not cfg.inference_precision else label
+    group = info.get("dynamic_quant_group")  # activations quantised on the fly for int8/int4 weights
+    if group is not None and cfg.precision in ("int8", "int4"):
+        label += ", int8 act. /" + str(group) if int(group) else ", exact act."
+    return label
 
 
 def run_config(cfg: Config, model: str, cache: str, args, images: dict) -> dict:

@@ -84,17 +84,17 @@ def _notes(results: dict) -> list[str]:
         "- Every first-turn request uses an image no earlier request sent (no embedding-cache hit); 64 new "
         "tokens, EOS ignored; a ~15-token question; 1 tile = 448x448 photo, 3 tiles = 800x400 photo at "
         "max_tiles=2 (2 tiles + thumbnail). Decode is timed after a ~300-token text prompt.",
-        "- *TTFT prepared* approximates the planned prepare() API: after a request with the image, a new "
-        "question on the same image in a new dialog reuses the cached image embeddings and the "
-        "`<|im_start|>user\\n<img>...</img>\\n` KV prefix. The baseline has no cache, so for it this is a full "
-        "request again.",
+        "- *TTFT prepared*: a new image is sent ahead with `Engine.prepare` (what `POST /api/v1/images` "
+        "calls: image embeddings and the `<|im_start|>user\\n<img>...</img>\\n` KV prefix are made in the "
+        "background), the bench waits until it is ready, then times the first question on it. The baseline "
+        "keeps nothing, so for it this is a full request again.",
         "- *4 clients*: four threads against `python -m webapp` (POST /api/v1/chat, 1 tile, 64 tokens), "
         "distinct images; the last column divides it by one client's throughput.",
         "- Floors: TTFT = (0.72 TFLOP per tile + 0.9 GFLOP per prompt token) / the fp32 GEMM ceiling, never less "
         "than reading the LM weights once (follow-ups and prepared images count only the new tokens); decode = "
         "memory read bandwidth / LM weight bytes per token. bf16 compute can beat the fp32 floor.",
-        "- Peak RSS is the workload process's own maximum resident set (getrusage), after loading from the "
-        "compiled cache.",
+        "- Peak RSS is the workload process's own maximum resident set (getrusage) over loading from the "
+        "compiled cache and every workload, with the serving process's allocator settings.",
     ]
     if noisy:
         notes.append("- Other processes kept cores busy during: " + ", ".join(noisy)

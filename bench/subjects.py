@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from runtime.types import GenerationOptions, Turn
 
@@ -49,6 +50,15 @@ class EngineSubject:
             raise RuntimeError(f"engine failed to load: {self.engine.info().get('error')}")
         self.info = self.engine.info().get("engine", {})
 
+    def prepare(self, image: Image.Image, max_tiles: int, timeout_s: float = 600.0) -> None:
+        """Engine.prepare (what POST /api/v1/images calls), then wait until the image is ready."""
+        image_id = self.engine.prepare(image, max_tiles)["image_id"]
+        deadline = time.perf_counter() + timeout_s
+        while (status := self.engine.prepare_status(image_id))["status"] != "ready":
+            if status["status"] in ("failed", "cancelled") or time.perf_counter() > deadline:
+                raise RuntimeError(f"preparing the image ended {status['status']}: {status.get('error')}")
+            time.sleep(0.05)
+
     def chat(self, turns: list[Turn], max_new_tokens: int, max_tiles: int) -> Reply:
         """One request through Engine.chat, EOS ignored."""
         opts = GenerationOptions(max_new_tokens=max_new_tokens, ignore_eos=True, max_tiles=max_tiles)
@@ -79,6 +89,9 @@ class TransformersSubject:
     """InternVLForConditionalGeneration.generate in eager fp32 on the checkpoint the export was built from."""
 
     name = "transformers"
+
+    def prepare(self, image: Image.Image, max_tiles: int) -> None:
+        """Nothing: generate() keeps nothing between calls, so a prepared image is a full request again."""
 
     def __init__(self, native_dir: Path):
         self.native_dir = Path(native_dir)

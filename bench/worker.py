@@ -72,6 +72,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)
     say = _progress(args.config)
+    if args.backend != "transformers":
+        from runtime.memory import tune_malloc
+
+        tune_malloc()  # as `python -m webapp` does: the serving process is what is measured
     subject = make_subject(args.backend, args.export_dir)
     t0 = time.perf_counter()
     subject.load()

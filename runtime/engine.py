@@ -38,7 +38,6 @@ class Engine:
         self._backend_info: dict = {}
         self.load_seconds = 0.0
         self._preparer = None
-        self._prep_seq = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Engine":
@@ -125,9 +124,9 @@ class Engine:
         enc, _ = self._runner.encode_image(job.image, job.max_tiles, should_yield=should_yield)
         if should_yield():
             raise Preempted()
-        if self._prep_seq is None:
-            self._prep_seq = self._runner.backend.new_sequence()
-        self._runner.prefill_image_prefix(self._prep_seq, enc)
+        # A new sequence for each preparation, dropped when its prefix is saved: an infer request keeps buffers
+        # sized for the longest prompt it ran (~130 MB at 800 tokens on the 1B model) for as long as it lives.
+        self._runner.prefill_image_prefix(self._runner.backend.new_sequence(), enc)
 
     def runner_tiles_done(self, key) -> int:
         """Tiles finished so far for an encoding in progress."""

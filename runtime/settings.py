@@ -68,12 +68,13 @@ class RuntimeSettings:
     ov_streams: int = 1  # OV_NUM_STREAMS: parallel inference streams on CPU
     kv_cache_precision: str = "u8"  # OV_KV_CACHE_PRECISION: u8 (smaller, default) or f32 (exact)
     inference_precision: str = ""  # OV_INFERENCE_PRECISION: "" = plugin default (bf16 on CPUs with it), f32, bf16
+    dynamic_quant_group: int = 128  # OV_DYNAMIC_QUANT_GROUP: int8 activations in groups of N for int8/int4 weights, 0 = off
     ov_cache_dir: str = ""  # OV_CACHE_DIR: compiled-model cache for fast restarts ("" = <cache>/ov_cache, "off")
     onnx_vision_int8: bool = False  # ONNX_VISION_INT8: BACKEND=onnxruntime runs the W8A8 vision model (faster)
     concurrency: int = 1  # CONCURRENCY: generations run at once
     max_queue: int = 8  # MAX_QUEUE: requests allowed to wait; more get Busy
     image_cache_mb: int = 512  # IMAGE_CACHE_MB: memory for cached image embeddings
-    kv_cache_mb: int = 256  # KV_CACHE_MB: memory for saved KV-cache prefixes (follow-ups, prepared images)
+    kv_cache_mb: int = 128  # KV_CACHE_MB: memory for saved KV-cache prefixes (follow-ups, prepared images)
     max_prepared: int = 256  # MAX_PREPARED: prepared images remembered at once (oldest dropped first)
     prepare_ttl_s: int = 3600  # PREPARE_TTL_S: a prepared image's id expires after this many seconds
 
@@ -92,12 +93,13 @@ class RuntimeSettings:
             "ov_streams": _env("OV_NUM_STREAMS", 1, int),
             "kv_cache_precision": _env("OV_KV_CACHE_PRECISION", "u8").lower(),
             "inference_precision": _env("OV_INFERENCE_PRECISION", "").lower(),
+            "dynamic_quant_group": _env("OV_DYNAMIC_QUANT_GROUP", 128, int),
             "ov_cache_dir": _env("OV_CACHE_DIR", ""),
             "onnx_vision_int8": _env("ONNX_VISION_INT8", False, bool),
             "concurrency": _env("CONCURRENCY", 1, int),
             "max_queue": _env("MAX_QUEUE", 8, int),
             "image_cache_mb": _env("IMAGE_CACHE_MB", 512, int),
-            "kv_cache_mb": _env("KV_CACHE_MB", 256, int),
+            "kv_cache_mb": _env("KV_CACHE_MB", 128, int),
             "max_prepared": _env("MAX_PREPARED", 256, int),
             "prepare_ttl_s": _env("PREPARE_TTL_S", 3600, int),
         }

@@ -100,13 +100,11 @@ def test_vlmpipeline_greedy_tokens_equal_transformers(model_cache, reference, si
     assert result.texts[0] == expected.replace("<|im_end|>", "")
 
 
-def test_second_run_is_fast_and_changes_nothing(model_cache):
+def test_second_run_skips_finished_work_and_changes_nothing(model_cache):
     folder = export_dir(model_cache, "int8")
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
-    t0 = time.perf_counter()
     proc = run_cli("--model", TINY, "--precision", "int8", cache=model_cache)
     assert proc.returncode == 0, proc.stderr
-    assert time.perf_counter() - t0 < 5.0
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
     assert run_cli("--model", TINY, "--precision", "int8", "--check", cache=model_cache).returncode == 0
     assert run_cli("--model", TINY, "--precision", "int4", "--check", cache=model_cache).returncode == 1

@@ -1,34 +1,18 @@
 """`python -m webapp`: serve the app with waitress on HOST:PORT (never the debug server)."""
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import sys
 
 from waitress import serve
 
+from runtime.memory import tune_malloc
 from runtime.settings import load_dotenv
 from webapp import create_app
 from webapp.settings import WebSettings
 
 log = logging.getLogger("webapp")
-
-
-def tune_malloc() -> None:
-    """Stop glibc's heap from growing with every worker thread: at most 2 malloc arenas, and blocks of 128 KiB
-    or more (decoded images, tiles, activations) mapped and returned one by one instead of fragmenting the
-    heap. On the soak (tests/load/soak.py, 3000 requests), with the engine's pool of infer requests, the
-    server ends at about 340 MiB instead of 760.
-    glibc's own MALLOC_ARENA_MAX and MALLOC_MMAP_THRESHOLD_ (environment or .env) replace these values;
-    nothing happens where the C library is not glibc."""
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    for env, option, value in (("MALLOC_ARENA_MAX", -8, 2), ("MALLOC_MMAP_THRESHOLD_", -3, 128 * 1024)):
-        raw = os.environ.get(env, "").strip()
-        mallopt(option, int(raw) if raw.isdigit() else value)  # M_ARENA_MAX = -8, M_MMAP_THRESHOLD = -3
 
 
 def check_threads(settings: WebSettings, engine_info: dict) -> None:
