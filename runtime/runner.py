@@ -90,8 +90,9 @@ class Runner:
             while len(part.done) < part.pixels.shape[0]:
                 if should_yield is not None and should_yield():
                     raise Preempted()
-                # One tile at a time: as fast as a batch (each tile is already 1025 rows per matmul), and the
-                # vision model's buffers stay sized for one tile however many an image has.
+                # One tile at a time: within ~5% of a batch's speed (a tile is already 1025 rows per matmul;
+                # 3 tiles, 1B model: 4.5 s one by one, 4.3 s batched), and the vision model's buffers stay
+                # sized for one tile (~0.1 GB) however many an image has.
                 n = len(part.done)
                 part.done.append(self.backend.embed_images(part.pixels[n:n + 1]))  # (256, hidden)
             enc = EncodedImage(image_key(digest, max_tiles), part.pixels.shape[0], np.concatenate(part.done))
