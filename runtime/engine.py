@@ -124,9 +124,17 @@ class Engine:
         enc, _ = self._runner.encode_image(job.image, job.max_tiles, should_yield=should_yield)
         if should_yield():
             raise Preempted()
-        # A new sequence for each preparation, dropped when its prefix is saved: an infer request keeps buffers
-        # sized for the longest prompt it ran (~130 MB at 800 tokens on the 1B model) for as long as it lives.
-        self._runner.prefill_image_prefix(self._runner.backend.new_sequence(), enc)
+        if should_yield() or not self._free.acquire(blocking=False):
+            raise Preempted()  # every slot is taken: prefill when idle again
+        # In an idle slot rather than a sequence of its own, whose buffers (sized for the longest prompt it
+        # ran, ~130 MB at 800 tokens on the 1B model) would double the language model's working memory. The
+        # slot's last answer is already saved as a KV prefix, and a question on this image finds its prefix
+        # in place. A request that arrives meanwhile waits for this one prefill (< 1 s).
+        slot = self._take_slot()
+        try:
+            self._runner.prefill_image_prefix(slot, enc)
+        finally:
+            self._give_slot(slot)
 
     def runner_tiles_done(self, key) -> int:
         """Tiles finished so far for an encoding in progress."""

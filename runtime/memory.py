@@ -3,8 +3,8 @@ glibc's heap kept from fragmenting across threads.
 
 OpenVINO maps the weight files (the IR's `.bin`, or the compiled-model cache's `.blob`) and, on the first
 inference of each model, the CPU plugin repacks most weights into its own buffers for its kernels. From then
-on the mapped pages are not read again (the text-embedding table, read row by row, is the exception), yet
-they stay resident: the weights are held twice, ~1 GB for the int8 model. Advising the kernel to page them
+on the mapped pages are not read again (the text-embedding table, read a row per token, is the exception and
+is left alone: a row paged out would be a disk read in the decode loop), yet they stay resident: the weights are held twice, ~1 GB for the int8 model. Advising the kernel to page them
 out (MADV_PAGEOUT, Linux 5.4+) drops clean file pages at once; a page that is read later is read back from
 the file, so nothing can be lost, only re-read.
 """
@@ -53,14 +53,16 @@ def mapped_files(folders: list[str], maps_path: str = "/proc/self/maps") -> list
     return found
 
 
-def page_out_weight_files(folders: list[str]) -> int:
-    """Ask the kernel to reclaim the resident pages of mapped weight files under folders; returns the bytes
-    advised (0 where the system cannot do it: the pages then simply stay, as before)."""
+def page_out_weight_files(folders: list[str], keep: frozenset[str] = frozenset()) -> int:
+    """Ask the kernel to reclaim the resident pages of mapped weight files under folders, except the files in
+    keep; returns the bytes advised (0 where the system cannot do it: the pages then simply stay)."""
     madvise = _madvise()
     if madvise is None:
         return 0
     advised = 0
     for start, end, path in mapped_files(folders):
+        if path in keep:
+            continue
         if madvise(start, end - start, MADV_PAGEOUT) == 0:
             advised += end - start
         else:  # EINVAL before Linux 5.4: nothing to do, the pages stay resident

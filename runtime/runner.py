@@ -110,15 +110,18 @@ class Runner:
         part = self._partials.get(key)
         return len(part.done) if part is not None else 0
 
-    def prefill_image_prefix(self, seq: Sequence, enc: EncodedImage) -> None:
-        """Compute and save the KV of `<|im_start|>user\n<img>...</img>\n`, the start of any question on enc."""
+    def prefill_image_prefix(self, slot: Slot, enc: EncodedImage) -> None:
+        """Compute and save the KV of `<|im_start|>user\n<img>...</img>\n`, the start of any question on enc,
+        in slot (which then holds it)."""
         ids = self.tok.encode("<|im_start|>user\n" + image_placeholder(enc.tiles) + "\n")
         keys = np.array(self._keys(ids, [enc]), dtype=np.int64)
         if self.prefixes.best(np.append(keys, 0))[1] >= keys.size:
             return  # already cached
-        seq.reset()
-        seq.forward(self.embed(np.array(ids, dtype=np.int64), [enc], 0))
-        self.prefixes.put(keys, seq.snapshot())
+        slot.keys = keys[:0]
+        slot.seq.reset()
+        slot.seq.forward(self.embed(np.array(ids, dtype=np.int64), [enc], 0))
+        slot.keys = keys
+        self.prefixes.put(keys, slot.seq.snapshot())
 
     def prompt_ids(self, turns: list[Turn], encoded: list[list[EncodedImage]]) -> tuple[np.ndarray, np.ndarray]:
         """(ids, keys) of the ChatML prompt; keys equal ids except at image positions (the image's key)."""
@@ -180,8 +183,8 @@ class Runner:
             return slot.seq.forward(self.backend.embed_tokens(np.array([token], dtype=np.int64)))
 
         result = decode(step, logits, ids, options, self.tok.special.eos, StreamDecoder(self.tok), on_text, cancel)
+        end = time.perf_counter()  # the answer is complete (and streamed); saving its KV is not part of it
         self._remember(slot, result.ids, result.text)
-        end = time.perf_counter()
         timings.ttft_s = (result.first_token_at or end) - t_start
         timings.decode_s = end - (result.first_token_at or end)
         timings.total_s = end - t_start

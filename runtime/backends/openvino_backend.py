@@ -19,7 +19,7 @@ import numpy as np
 
 from runtime.backends.base import KVSnapshot
 from runtime.errors import ArtifactsMissing
-from runtime.memory import page_out_weight_files
+from runtime.memory import mapped_files, page_out_weight_files
 
 log = logging.getLogger(__name__)
 PARTS = {"vision": "openvino_vision_embeddings_model.xml", "embeddings": "openvino_text_embeddings_model.xml",
@@ -122,8 +122,12 @@ class OpenVINOBackend:
         # reduction axis; groups of 128 instead of the plugin's 32 were faster here in both the vision model
         # and decode (bench/results.md), at an error bench/quality.md reports.
         config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(settings.dynamic_quant_group)
+        self._weight_folders = [str(folder)] + ([cache_dir] if cache_dir else [])
         self.vision = self.core.compile_model(folder / PARTS["vision"], "CPU", config)
+        mapped = self._mapped_weight_files()
         self.embeddings = self.core.compile_model(folder / PARTS["embeddings"], "CPU", config)
+        # The embedding table is read a row per token from its mapped file: it is never paged out.
+        self._embedding_files = frozenset(self._mapped_weight_files() - mapped)
         lm = self.core.read_model(folder / PARTS["lm"])
         slice_before_lm_head(lm)
         self.lm = self.core.compile_model(lm, "CPU", dict(config, KV_CACHE_PRECISION=settings.kv_cache_precision))
@@ -133,7 +137,6 @@ class OpenVINOBackend:
         # web server's workers, a new thread per streamed answer) keeps a set of activations for each, which
         # adds up with the threads. The pool holds as many as ever ran at once (slots + preparer).
         self._idle = {"vision": queue.SimpleQueue(), "embeddings": queue.SimpleQueue()}
-        self._weight_folders = [str(folder)] + ([cache_dir] if cache_dir else [])
         self.warm_up()
 
     def warm_up(self) -> None:
@@ -143,16 +146,20 @@ class OpenVINOBackend:
         t0, hidden = time.perf_counter(), self.hidden_size
         released = 0
         self.embed_tokens(np.zeros(8, dtype=np.int64))
-        released += page_out_weight_files(self._weight_folders)
+        released += page_out_weight_files(self._weight_folders, self._embedding_files)
         seq = self.new_sequence()
         seq.forward(np.zeros((64, hidden), dtype=np.float32))  # prefill kernels
         seq.forward(np.zeros((1, hidden), dtype=np.float32))  # decode kernels
         del seq
-        released += page_out_weight_files(self._weight_folders)
+        released += page_out_weight_files(self._weight_folders, self._embedding_files)
         self.embed_images(np.zeros((1, 3, 448, 448), dtype=np.float32))
-        released += page_out_weight_files(self._weight_folders)
+        released += page_out_weight_files(self._weight_folders, self._embedding_files)
         log.info("warmed up in %.1f s; paged out %d MiB of mapped weight files", time.perf_counter() - t0,
                  released >> 20)
+
+    def _mapped_weight_files(self) -> set[str]:
+        """Weight files (IR .bin, cached .blob) this process has mapped from the export or the compiled cache."""
+        return {path for _, _, path in mapped_files(self._weight_folders)}
 
     @contextlib.contextmanager
     def _request(self, name: str):
