@@ -51,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "from other work on a shared machine (default 0)")
     p.add_argument("--fresh", action="store_true", help="forget rows of an earlier results.json")
     p.add_argument("--report-only", action="store_true", help="rewrite results.md / .png from results.json")
+    p.add_argument("--no-readme", action="store_true", default=e("BENCH_NO_README", "") in ("1", "true", "yes"),
+                   help="BENCH_NO_README: leave the README's performance section alone (default: rewrite it, "
+                        "between its bench markers, when the results are written to bench/)")
     args = p.parse_args(argv)
     if args.quick:
         args.repeats = 1
@@ -236,6 +239,7 @@ def main(argv=None) -> int:
         results = report.build(old["machine"], old["model"], cache, raw)
         results["created"] = old["created"]
         report.write_all(results, args.out_dir)
+        write_readmes(results, args)
         print(report.table(results))
         return 0
     try:
@@ -264,7 +268,19 @@ def main(argv=None) -> int:
         results = report.build(ceilings, model, cache, [rows[c.name] for c in cfgs.CONFIGS if c.name in rows])
         report.write_all(results, args.out_dir)
         print(report.table(results), flush=True)
+    write_readmes(results, args)
     return 0 if all("error" not in rows[c.name] for c in selected) else 1
+
+
+def write_readmes(results: dict, args) -> None:
+    """The READMEs' performance sections, from the results (only for results written to bench/ itself)."""
+    from bench import report
+
+    if args.no_readme or args.out_dir.resolve() != HERE:
+        return
+    for path in report.update_readmes(report.markdown(results), [HERE.parent / "README.md",
+                                                                  HERE.parent / "README.ru.md"]):
+        print(f"bench: updated the performance section of {path.name}", flush=True)
 
 
 if __name__ == "__main__":

@@ -145,3 +145,24 @@ def write_all(results: dict, out_dir: Path) -> None:
         draw(results, FIGURES, out_dir / "results.png")
     except ImportError as exc:  # matplotlib missing: the tables are still written
         print(f"bench: no chart ({exc}); pip install matplotlib", flush=True)
+
+
+README_MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
+
+
+def update_readmes(markdown_text: str, readmes: list[Path]) -> list[Path]:
+    """Put markdown_text between the bench markers of each README that has them; returns those rewritten."""
+    start, end = README_MARKERS
+    body = markdown_text.strip()
+    if body.startswith("## "):  # the README has its own heading above the markers
+        body = body.split("\n", 1)[1].strip()
+    done = []
+    for path in readmes:
+        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+        if start not in text or end not in text:
+            continue
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1]
+        path.write_text(f"{head}{start}\n{body}\n{end}{tail}", encoding="utf-8")
+        done.append(path)
+    return done

@@ -131,6 +131,7 @@ class OpenVINOBackend:
         lm = self.core.read_model(folder / PARTS["lm"])
         slice_before_lm_head(lm)
         self.lm = self.core.compile_model(lm, "CPU", dict(config, KV_CACHE_PRECISION=settings.kv_cache_precision))
+        del lm  # the IR, whose mapped .bin the compiled model does not need
         self.hidden_size = int(self.embeddings.output(0).get_partial_shape()[-1].get_length())
         self._settings = settings
         # Idle infer requests, reused: creating one per call costs on every token, and one per thread (the
@@ -144,18 +145,17 @@ class OpenVINOBackend:
         request, and page out the mapped weight files after each: the weights are then held once, not twice
         (runtime/memory.py), and the peak stays one model's weights above that."""
         t0, hidden = time.perf_counter(), self.hidden_size
-        released = 0
         self.embed_tokens(np.zeros(8, dtype=np.int64))
-        released += page_out_weight_files(self._weight_folders, self._embedding_files)
+        page_out_weight_files(self._weight_folders, self._embedding_files)  # also the LM pages read to compile
         seq = self.new_sequence()
         seq.forward(np.zeros((64, hidden), dtype=np.float32))  # prefill kernels
         seq.forward(np.zeros((1, hidden), dtype=np.float32))  # decode kernels
         del seq
-        released += page_out_weight_files(self._weight_folders, self._embedding_files)
+        page_out_weight_files(self._weight_folders, self._embedding_files)
         self.embed_images(np.zeros((1, 3, 448, 448), dtype=np.float32))
-        released += page_out_weight_files(self._weight_folders, self._embedding_files)
-        log.info("warmed up in %.1f s; paged out %d MiB of mapped weight files", time.perf_counter() - t0,
-                 released >> 20)
+        advised = page_out_weight_files(self._weight_folders, self._embedding_files)
+        log.info("warmed up in %.1f s; %d MiB of mapped weight files paged out", time.perf_counter() - t0,
+                 advised >> 20)
 
     def _mapped_weight_files(self) -> set[str]:
         """Weight files (IR .bin, cached .blob) this process has mapped from the export or the compiled cache."""
