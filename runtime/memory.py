@@ -3,10 +3,10 @@ glibc's heap kept from fragmenting across threads.
 
 OpenVINO maps the weight files (the IR's `.bin`, or the compiled-model cache's `.blob`) and, on the first
 inference of each model, the CPU plugin repacks most weights into its own buffers for its kernels. From then
-on the mapped pages are not read again (the text-embedding table, read a row per token, is the exception and
-is left alone: a row paged out would be a disk read in the decode loop), yet they stay resident: the weights are held twice, ~1 GB for the int8 model. Advising the kernel to page them
-out (MADV_PAGEOUT, Linux 5.4+) drops clean file pages at once; a page that is read later is read back from
-the file, so nothing can be lost, only re-read.
+on the mapped pages are not read again, yet they stay resident: the weights are held twice, ~1 GB for the int8
+model. Advising the kernel to page them out (MADV_PAGEOUT, Linux 5.4+) drops clean file pages at once; a page
+that is read later is read back from the file, so nothing can be lost, only re-read. The text-embedding table,
+read a row per token, is left alone: a row paged out would be a disk read in the decode loop.
 """
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ class RuntimeSettings:
     ov_streams: int = 1  # OV_NUM_STREAMS: parallel inference streams on CPU
     kv_cache_precision: str = "u8"  # OV_KV_CACHE_PRECISION: u8 (smaller, default) or f32 (exact)
     inference_precision: str = ""  # OV_INFERENCE_PRECISION: "" = plugin default (bf16 on CPUs with it), f32, bf16
-    dynamic_quant_group: int = 128  # OV_DYNAMIC_QUANT_GROUP: int8 activations in groups of N for int8/int4 weights, 0 = off
+    dynamic_quant_group: int = 128  # OV_DYNAMIC_QUANT_GROUP: activations to int8 in groups of N, 0 = off
     ov_cache_dir: str = ""  # OV_CACHE_DIR: compiled-model cache for fast restarts ("" = <cache>/ov_cache, "off")
     onnx_vision_int8: bool = False  # ONNX_VISION_INT8: BACKEND=onnxruntime runs the W8A8 vision model (faster)
     concurrency: int = 1  # CONCURRENCY: generations run at once
