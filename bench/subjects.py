@@ -90,13 +90,13 @@ class TransformersSubject:
 
     name = "transformers"
 
-    def prepare(self, image: Image.Image, max_tiles: int) -> None:
-        """Nothing: generate() keeps nothing between calls, so a prepared image is a full request again."""
-
     def __init__(self, native_dir: Path):
         self.native_dir = Path(native_dir)
         self.answers: dict[str, list[int]] = {}  # answer text -> the ids generated for it
         self.info: dict = {}
+
+    def prepare(self, image: Image.Image, max_tiles: int) -> None:
+        """Nothing: generate() keeps nothing between calls, so a prepared image is a full request again."""
 
     def load(self) -> None:
         """Load the checkpoint, tokenizer and image processor."""
