@@ -22,30 +22,15 @@ PROMPT = 300  # tokens already in the KV cache of every sequence
 STEPS = 32  # timed decode steps per batch size (after 4 untimed)
 
 
-def compile_lm(folder: Path, dynamic_quant_group: int):
-    """The export's stateful language model, sliced before lm_head as the engine serves it."""
-    import openvino as ov
-
-    from runtime.backends.openvino_backend import slice_before_lm_head
-
-    core = ov.Core()
-    model = core.read_model(folder / "openvino_language_model.xml")
-    slice_before_lm_head(model)
-    return core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
-                                             "KV_CACHE_PRECISION": "u8",
-                                             "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(dynamic_quant_group)})
-
-
 def step_seconds(lm, batch: int, hidden: int) -> float:
     """Median seconds of one decode step of `batch` sequences after a PROMPT-token prefill."""
+    from runtime.backends.openvino_backend import lm_feed
+
     request = lm.create_infer_request()
     rng = np.random.default_rng(batch)
 
     def run(tokens: int, past: int) -> None:
-        request.infer({"inputs_embeds": (rng.standard_normal((batch, tokens, hidden)) * 0.02).astype(np.float32),
-                       "attention_mask": np.ones((batch, past + tokens), dtype=np.int64),
-                       "position_ids": np.tile(np.arange(past, past + tokens), (batch, 1)),
-                       "beam_idx": np.arange(batch, dtype=np.int32)})
+        request.infer(lm_feed((rng.standard_normal((batch, tokens, hidden)) * 0.02).astype(np.float32), past))
 
     run(PROMPT, 0)
     times = []
@@ -67,23 +52,28 @@ def main(argv=None) -> int:
     p.add_argument("--dynamic-quant-group", type=int, default=128, help="as OV_DYNAMIC_QUANT_GROUP (128)")
     p.add_argument("--out", type=Path, default=HERE / "batching.md")
     args = p.parse_args(argv)
-    from runtime.settings import artifact_dir
+    from runtime.backends.openvino_backend import OpenVINOBackend
+    from runtime.errors import ArtifactsMissing
+    from runtime.settings import RuntimeSettings
 
-    folder = artifact_dir(args.cache_dir, args.model, args.precision)
-    if not (folder / "openvino_language_model.xml").is_file():
-        print(f"no export in {folder}: run `python -m export --model {args.model} --precision {args.precision}`",
-              file=sys.stderr)
+    # The language model compiled exactly as the engine serves it (KV and compute precisions from the
+    # environment, as `make run` reads them), the compiled-model cache off so nothing is written.
+    settings = RuntimeSettings.from_env(model_name=args.model, cache_dir=args.cache_dir, precision=args.precision,
+                                        dynamic_quant_group=args.dynamic_quant_group, ov_cache_dir="off")
+    try:
+        backend = OpenVINOBackend(settings.export_dir, settings)
+    except ArtifactsMissing:
+        print(f"no export in {settings.export_dir}: run `python -m export --model {args.model} "
+              f"--precision {args.precision}`", file=sys.stderr)
         return 1
-    lm = compile_lm(folder, args.dynamic_quant_group)
-    hidden = int(lm.input("inputs_embeds").get_partial_shape()[-1].get_length())
     rows, base = [], None
     for batch in (1, 2, 4):
-        secs = step_seconds(lm, batch, hidden)
+        secs = step_seconds(backend.lm, batch, backend.hidden_size)
         base = base or batch / secs
         rows.append(f"| {batch} | {secs * 1e3:.1f} | {batch / secs:.1f} | {batch / secs / base:.2f}x |")
         print(rows[-1], flush=True)
     lines = [f"Batched decode, `{args.model}` {args.precision} language model (int8 activations in groups of "
-             f"{args.dynamic_quant_group}, u8 KV), {os.cpu_count()} cores, after a {PROMPT}-token prompt per "
+             f"{args.dynamic_quant_group}, {settings.kv_cache_precision} KV), {os.cpu_count()} cores, after a {PROMPT}-token prompt per "
              f"sequence; median of {STEPS} steps (`python -m bench.batching`):", "",
              "| sequences in the batch | ms per step | total tokens/s | vs one sequence |",
              "|---|---|---|---|", *rows, ""]

@@ -164,10 +164,9 @@ def _property_name(value) -> str:
 
 def forward(request, embeds: np.ndarray, past: int) -> np.ndarray:
     """Append embeds (T, hidden) after `past` cached positions; every position's logits (T, vocab), a view."""
-    t = embeds.shape[0]
-    request.infer({"inputs_embeds": embeds[None], "attention_mask": np.ones((1, past + t), dtype=np.int64),
-                   "position_ids": np.arange(past, past + t, dtype=np.int64)[None],
-                   "beam_idx": np.zeros(1, dtype=np.int32)})
+    from runtime.backends.openvino_backend import lm_feed
+
+    request.infer(lm_feed(embeds[None], past))
     return request.get_tensor("logits").data[0]
 
 

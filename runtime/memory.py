@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import sys
@@ -21,13 +22,21 @@ MADV_PAGEOUT = 21  # linux/mman.h
 WEIGHT_SUFFIXES = (".bin", ".blob")
 
 
-def _madvise():
-    """libc's madvise, or None where there is none to call (not Linux, or no C library found)."""
+@functools.cache
+def _libc():
+    """The C library, or None where there is none to load (not Linux, or no C library found)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     except OSError:
+        return None
+
+
+def _madvise():
+    """libc's madvise, or None where there is none to call."""
+    libc = _libc()
+    if libc is None:
         return None
     fn = libc.madvise
     fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
@@ -78,9 +87,8 @@ def tune_malloc() -> None:
     server ends at about 340 MiB instead of 760.
     glibc's own MALLOC_ARENA_MAX and MALLOC_MMAP_THRESHOLD_ (environment or .env) replace these values;
     nothing happens where the C library is not glibc."""
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return
     for env, option, value in (("MALLOC_ARENA_MAX", -8, 2), ("MALLOC_MMAP_THRESHOLD_", -3, 128 * 1024)):
         raw = os.environ.get(env, "").strip()

@@ -55,6 +55,15 @@ def writable_cache_dir(folder: str | None) -> str | None:
     return folder
 
 
+def lm_feed(embeds: np.ndarray, past: int) -> dict:
+    """Inputs of the stateful language model for embeds (B, T, hidden) after `past` cached positions."""
+    batch, t = embeds.shape[:2]
+    return {"inputs_embeds": embeds,
+            "attention_mask": np.ones((batch, past + t), dtype=np.int64),
+            "position_ids": np.tile(np.arange(past, past + t, dtype=np.int64), (batch, 1)),
+            "beam_idx": np.arange(batch, dtype=np.int32)}
+
+
 class OpenVINOSequence:
     """A KV-cached sequence over one infer request of the stateful language model."""
 
@@ -65,14 +74,8 @@ class OpenVINOSequence:
 
     def forward(self, embeds: np.ndarray) -> np.ndarray:
         """Append embeds (T, hidden); return the last position's logits (vocab,)."""
-        t = embeds.shape[0]
-        self.request.infer({
-            "inputs_embeds": embeds[None],  # (1, T, hidden)
-            "attention_mask": np.ones((1, self.length + t), dtype=np.int64),
-            "position_ids": np.arange(self.length, self.length + t, dtype=np.int64)[None],
-            "beam_idx": np.zeros(1, dtype=np.int32),
-        })
-        self.length += t
+        self.request.infer(lm_feed(embeds[None], self.length))  # (1, T, hidden)
+        self.length += embeds.shape[0]
         return self.request.get_tensor("logits").data[0, -1].copy()
 
     def reset(self) -> None:
