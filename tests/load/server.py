@@ -141,16 +141,36 @@ def counted_requests(url: str) -> int:
     return int(total)
 
 
-class RssSampler:
+class _Sampler:
+    """A thread that runs `_run` until the `with` block ends; `samples` holds what it recorded."""
+
+    def __init__(self, name: str, join_s: float):
+        import threading
+
+        self.samples: list = []
+        self._join_s = join_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
+        self._t0 = time.perf_counter()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(self._join_s)
+
+
+class RssSampler(_Sampler):
     """Samples a process's resident memory every `every_s` seconds in a thread: [(seconds, MiB)]."""
 
     def __init__(self, pid: int, every_s: float = 0.25):
-        import threading
-
-        self.pid, self.every_s, self.samples = pid, every_s, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="rss-sampler")
-        self._t0 = time.perf_counter()
+        super().__init__("rss-sampler", 5)
+        self.pid, self.every_s = pid, every_s
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -160,30 +180,18 @@ class RssSampler:
                 return
             self._stop.wait(self.every_s)
 
-    def __enter__(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
     def peak(self) -> float:
         """Highest RSS seen, MiB."""
         return max((mb for _, mb in self.samples), default=0.0)
 
 
-class HealthProbe:
+class HealthProbe(_Sampler):
     """Polls /health every `every_s` seconds in a thread, as a container health check would: [(seconds, ms,
     status)]. Under load the answer must stay quick: cheap requests may not queue behind generations."""
 
     def __init__(self, url: str, every_s: float = 0.5, timeout_s: float = 10.0):
-        import threading
-
-        self.url, self.every_s, self.timeout_s, self.samples = url, every_s, timeout_s, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="health-probe")
-        self._t0 = time.perf_counter()
+        super().__init__("health-probe", timeout_s + 1)
+        self.url, self.every_s, self.timeout_s = url, every_s, timeout_s
 
     def _run(self) -> None:
         with requests.Session() as http:
@@ -195,14 +203,6 @@ class HealthProbe:
                     status = 0
                 self.samples.append((round(t0 - self._t0, 2), round(1000 * (time.perf_counter() - t0), 1), status))
                 self._stop.wait(self.every_s)
-
-    def __enter__(self) -> "HealthProbe":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(self.timeout_s + 1)
 
     def summary(self) -> dict:
         """Count, statuses and p50 / max latency of the probes."""
