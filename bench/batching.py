@@ -1,7 +1,7 @@
-"""`python -m bench.batching`: what batched decode would give concurrent clients on this CPU.
+"""`python -m bench.batching`: the ceiling of batched decode for concurrent clients on this CPU.
 
-The served engine decodes one sequence at a time (CONCURRENCY slots share the cores). This measures the
-language model of an export alone, B sequences advancing in lockstep through one infer request (batch B of
+The served engine batches the decode steps of generations running at once (runtime/backends/ov_batch.py), with
+joins, leaves and holes to pay for. This measures the language model of an export alone, B sequences advancing in lockstep through one infer request (batch B of
 the stateful model), after a ~300-token prompt each: total tokens/s against B = 1. A step reads the weights
 once whatever B is, so the gain is how far decode is from compute-bound. Prints a markdown table and writes
 bench/batching.md.

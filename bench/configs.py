@@ -45,7 +45,8 @@ CONFIGS = [
     Config(BASELINE, "transformers", "int8", server=False,
            note="InternVLForConditionalGeneration.generate, eager fp32, no caching (what a user would otherwise run)"),
     Config("openvino-int8", "openvino", "int8",
-           note="default: LM and vision int8 weights, activations int8 on the fly in groups of 128, bf16 compute"),
+           note="default: LM and vision int8 weights, activations int8 on the fly in groups of 128, bf16 compute, "
+                "4 generations at once with batched decode"),
     Config("openvino-int8-dq32", "openvino", "int8", env={"OV_DYNAMIC_QUANT_GROUP": "32"},
            note="as the default, activation groups of 32 (the OpenVINO plugin's own default)"),
     Config("openvino-int8-dq0", "openvino", "int8", env=EXACT_ACTIVATIONS,
@@ -59,15 +60,17 @@ CONFIGS = [
     Config("onnxruntime-fp32-vision-w8a8", "onnxruntime", "fp32", env={"ONNX_VISION_INT8": "1"},
            formats="openvino,onnx", note="ONNX Runtime, LM fp32, vision W8A8 (dynamic int8)"),
     Config("torch-fp32", "torch", "int8", note="our engine on the torch backend (cpu, fp32 checkpoint)"),
-    Config("openvino-int8-conc2", "openvino", "int8", env={"CONCURRENCY": "2"}, server_only=True,
-           note="the default with CONCURRENCY=2 (two generation slots): HTTP workload only"),
+    Config("openvino-int8-conc1", "openvino", "int8", env={"CONCURRENCY": "1"}, server_only=True,
+           note="the default serving one generation at a time (CONCURRENCY=1): HTTP workload only"),
+    Config("openvino-int8-nobatch", "openvino", "int8", env={"BATCH_DECODE": "0", "CONCURRENCY": "4"},
+           server_only=True, note="the default's 4 generations at once without batched decode: HTTP workload only"),
 ]
 BY_NAME = {c.name: c for c in CONFIGS}
 
 # Run by default (the rest with --configs all or by name): the baseline, the default and what it was chosen
 # over, one per other engine.
 DEFAULT_SET = [BASELINE, "openvino-int8", "openvino-int8-dq32", "openvino-int8-dq0", "openvino-int4",
-               "onnxruntime-fp32-vision-w8a8", "torch-fp32", "openvino-int8-conc2"]
+               "onnxruntime-fp32-vision-w8a8", "torch-fp32", "openvino-int8-conc1", "openvino-int8-nobatch"]
 QUICK_SET = [BASELINE, "openvino-int8", "openvino-int4"]
 
 

@@ -14,7 +14,7 @@ from runtime.grounding import grounding_prompt, parse_boxes
 from runtime.prompts import describe_prompt
 from runtime.prepare import Preparer
 from runtime.runner import Preempted, Runner, Slot
-from runtime.settings import RuntimeSettings
+from runtime.settings import BATCHED_CONCURRENCY, RuntimeSettings
 from runtime.types import Answer, CancelToken, GenerationOptions, GroundingResult, Turn
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,10 @@ class Engine:
             self._progress = "loading the model"
             backend, tokenizer = (self._loader or default_loader)(self.settings)
             self._runner = Runner(backend, tokenizer, self.settings.image_cache_mb, self.settings.kv_cache_mb)
-            self._slots = [Slot(backend.new_sequence(), np.zeros(0, np.int64))
-                           for _ in range(max(1, self.settings.concurrency))]
+            # Concurrent generations only pay where their decode steps share a batched call (OpenVINO): elsewhere
+            # they would split the cores, and hold a set of buffers each, for no more tokens per second.
+            slots = self.settings.concurrency or (BATCHED_CONCURRENCY if getattr(backend, "batch", None) is not None else 1)
+            self._slots = [Slot(backend.new_sequence(), np.zeros(0, np.int64)) for _ in range(slots)]
             self._free = threading.Semaphore(len(self._slots))
             self._capacity = len(self._slots)  # fixed: self._slots shrinks while slots are in use
             self._preparer = Preparer(self, self.settings.max_prepared, self.settings.prepare_ttl_s)
@@ -85,7 +87,8 @@ class Engine:
         return {"state": self._state, "progress": self._progress, "error": self._error, "model": s.model_name,
                 "format": _source_format(s), "precision": s.precision, "backend": self._backend_info.get("backend"),
                 "device": self._backend_info.get("device"), "default_max_tiles": s.max_tiles, "max_new_tokens": s.max_new_tokens,
-                "queue_depth": self._waiting, "max_queue": s.max_queue, "concurrency": s.concurrency,
+                "queue_depth": self._waiting, "max_queue": s.max_queue,
+                "concurrency": self._capacity or s.concurrency or BATCHED_CONCURRENCY,  # (at most, while loading)
                 "load_seconds": round(self.load_seconds, 2), "engine": self._backend_info}
 
     # ------------------------------------------------------------------ preparing images ahead of questions

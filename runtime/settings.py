@@ -53,6 +53,9 @@ def _env(name: str, default, cast=str):
         raise ValueError(f"{name} must be a {'whole number' if cast is int else cast.__name__}, got {raw!r}") from None
 
 
+BATCHED_CONCURRENCY = 4  # generations at once by default where their decode steps are batched (OpenVINO)
+
+
 @dataclass(frozen=True)
 class RuntimeSettings:
     """Everything the engine needs to load and serve a model."""
@@ -71,7 +74,8 @@ class RuntimeSettings:
     dynamic_quant_group: int = 128  # OV_DYNAMIC_QUANT_GROUP: activations to int8 in groups of N, 0 = off
     ov_cache_dir: str = ""  # OV_CACHE_DIR: compiled-model cache for fast restarts ("" = <cache>/ov_cache, "off")
     onnx_vision_int8: bool = False  # ONNX_VISION_INT8: BACKEND=onnxruntime runs the W8A8 vision model (faster)
-    concurrency: int = 1  # CONCURRENCY: generations run at once
+    concurrency: int = 0  # CONCURRENCY: generations run at once; 0 = BATCHED_CONCURRENCY where decode is batched, else 1
+    batch_decode: bool = True  # BATCH_DECODE: generations decoding at once share one batched LM call (OpenVINO)
     max_queue: int = 8  # MAX_QUEUE: requests allowed to wait; more get Busy
     image_cache_mb: int = 512  # IMAGE_CACHE_MB: memory for cached image embeddings
     kv_cache_mb: int = 128  # KV_CACHE_MB: memory for saved KV-cache prefixes (follow-ups, prepared images)
@@ -96,7 +100,8 @@ class RuntimeSettings:
             "dynamic_quant_group": _env("OV_DYNAMIC_QUANT_GROUP", 128, int),
             "ov_cache_dir": _env("OV_CACHE_DIR", ""),
             "onnx_vision_int8": _env("ONNX_VISION_INT8", False, bool),
-            "concurrency": _env("CONCURRENCY", 1, int),
+            "concurrency": _env("CONCURRENCY", 0, int),
+            "batch_decode": _env("BATCH_DECODE", True, bool),
             "max_queue": _env("MAX_QUEUE", 8, int),
             "image_cache_mb": _env("IMAGE_CACHE_MB", 512, int),
             "kv_cache_mb": _env("KV_CACHE_MB", 128, int),

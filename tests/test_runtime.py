@@ -99,7 +99,7 @@ def test_cancel_stops_within_a_token_and_frees_the_engine(ov_engine):
 
 
 def test_full_queue_refuses_at_once(model_cache):
-    engine = make_engine(model_cache, max_queue=0)
+    engine = make_engine(model_cache, max_queue=0, concurrency=1)  # one slot, no queue
     started = threading.Event()
     long_call = threading.Thread(target=engine.chat, kwargs=dict(
         turns=[Turn("user", QUESTION, [photo()])], options=GenerationOptions(max_new_tokens=400, ignore_eos=True),

@@ -12,12 +12,16 @@ import logging
 import os
 import queue
 import tempfile
+import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from runtime.backends.base import KVSnapshot
+from runtime.backends.ov_batch import DecodeBatch, KVHandle
+from runtime.backends.ov_state import StateReader, StateWriter
 from runtime.errors import ArtifactsMissing
 from runtime.memory import mapped_files, page_out_weight_files
 
@@ -65,39 +69,81 @@ def lm_feed(embeds: np.ndarray, past: int) -> dict:
 
 
 class OpenVINOSequence:
-    """A KV-cached sequence over one infer request of the stateful language model."""
+    """A KV-cached sequence over one infer request of the stateful language model.
 
-    def __init__(self, request, snapshot_dtype=np.float32):
+    With a DecodeBatch, its single-token steps run batched with other sequences decoding at the same time; any
+    other use first takes it out of the batch (runtime/backends/ov_batch.py).
+    """
+
+    def __init__(self, request, snapshot_dtype=np.float32, batch: DecodeBatch | None = None,
+                 compute=contextlib.nullcontext()):
         self.request = request
+        self.compute = compute  # held around each infer (OpenVINOBackend.compute)
         self.length = 0
         self.snapshot_dtype = snapshot_dtype  # f16 halves saved KV memory when the live cache is u8 anyway
+        self.batch = batch
+        self.row = None  # its row while it decodes in the batch (set and cleared by the batch)
+        self.detached: KVHandle | None = None  # its KV from the batch, not yet back in its own request
+        self.writer = StateWriter()
 
     def forward(self, embeds: np.ndarray) -> np.ndarray:
         """Append embeds (T, hidden); return the last position's logits (vocab,)."""
-        self.request.infer(lm_feed(embeds[None], self.length))  # (1, T, hidden)
+        if self.batch is not None and embeds.shape[0] == 1:
+            return self.batch.step(self, embeds[0])
+        self._leave_batch(keep_kv=True)
+        return self.infer_own(embeds)
+
+    def infer_own(self, embeds: np.ndarray) -> np.ndarray:
+        """forward() on this sequence's own infer request."""
+        self._materialize()
+        with self.compute:
+            self.request.infer(lm_feed(embeds[None], self.length))  # (1, T, hidden)
         self.length += embeds.shape[0]
         return self.request.get_tensor("logits").data[0, -1].copy()
 
+    def take_kv(self) -> Mapping:
+        """Its KV, name -> (1, kv_heads, length, head_dim), for a batch it joins; read a layer at a time."""
+        if self.detached is not None:
+            kv, self.detached = self.detached, None
+            return kv
+        return StateReader(self.request)
+
     def reset(self) -> None:
         """Empty the KV cache."""
+        self._leave_batch(keep_kv=False)
         self.request.reset_state()
         self.length = 0
 
     def snapshot(self) -> KVSnapshot:
         """Copy the KV state out of the plugin (dequantised to f32 when the plugin keeps it in u8)."""
+        self._leave_batch(keep_kv=True)
+        if self.detached is not None:  # in the batch's state until first read (KVHandle), then shared
+            return KVSnapshot(self.length, self.detached, self.detached.nbytes)
         arrays = {s.name: s.state.data.astype(self.snapshot_dtype) for s in self.request.query_state()}
         return KVSnapshot(self.length, arrays, sum(a.nbytes for a in arrays.values()))
 
     def restore(self, snap: KVSnapshot, length: int) -> None:
         """Load the first `length` positions of snap into the plugin's state."""
-        import openvino as ov
+        self._leave_batch(keep_kv=False)
+        self._set_state(snap.data, length)
 
+    def _set_state(self, arrays: Mapping, length: int) -> None:
         self.request.reset_state()
         for state in self.request.query_state():
-            arr = snap.data[state.name]
-            part = arr[:, :, :length]  # (1, kv_heads, length, head_dim)
-            state.state = ov.Tensor(np.ascontiguousarray(part, dtype=np.float32))
+            self.writer.copy_in(state, arrays[state.name][:, :, :length])  # (1, kv_heads, length, head_dim)
         self.length = length
+
+    def _leave_batch(self, keep_kv: bool) -> None:
+        if self.batch is not None:
+            self.batch.leave(self, keep_kv)
+        if not keep_kv:
+            self.detached = None
+
+    def _materialize(self) -> None:
+        """Put KV copied out of the batch back into its own request."""
+        if self.detached is not None:
+            kv, self.detached = self.detached, None
+            self._set_state(kv, self.length)
 
 
 class OpenVINOBackend:
@@ -141,6 +187,14 @@ class OpenVINOBackend:
         # web server's workers, a new thread per streamed answer) keeps a set of activations for each, which
         # adds up with the threads. The pool holds as many as ever ran at once (slots + preparer).
         self._idle = {"vision": queue.SimpleQueue(), "embeddings": queue.SimpleQueue()}
+        # One model call at a time: two at once (a tile of one request, a decode step of others) share the cores
+        # at a loss (4 clients on 2 cores: 1.05x one client's tokens/s with calls overlapping, see
+        # runtime/backends/ov_batch.py), and each would hold its own working buffers.
+        self.compute = threading.Lock()
+        self.batch = None
+        if settings.batch_decode:
+            exact = settings.kv_cache_precision == "f32"
+            self.batch = DecodeBatch(self.lm, self.compute, np.float32 if exact else np.float16)
         self.warm_up()
 
     def warm_up(self) -> None:
@@ -153,6 +207,7 @@ class OpenVINOBackend:
         seq = self.new_sequence()
         seq.forward(np.zeros((64, hidden), dtype=np.float32))  # prefill kernels
         seq.forward(np.zeros((1, hidden), dtype=np.float32))  # decode kernels
+        seq.reset()  # no longer decoding: a batch must not take it in
         del seq
         page_out_weight_files(self._weight_folders, self._embedding_files)
         self.embed_images(np.zeros((1, 3, 448, 448), dtype=np.float32))
@@ -178,7 +233,7 @@ class OpenVINOBackend:
 
     def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
         """(tiles, 3, 448, 448) -> (tiles * 256, hidden)."""
-        with self._request("vision") as request:
+        with self.compute, self._request("vision") as request:  # one at a time: one request's buffers
             out = request.infer({0: pixel_values})[0]  # (tiles, 256, hidden)
             return np.array(out, dtype=np.float32).reshape(-1, out.shape[-1])  # a copy: the buffer is reused
 
@@ -191,7 +246,8 @@ class OpenVINOBackend:
     def new_sequence(self) -> OpenVINOSequence:
         """A fresh sequence with its own infer request (and KV state)."""
         exact = self._settings.kv_cache_precision == "f32"
-        return OpenVINOSequence(self.lm.create_infer_request(), np.float32 if exact else np.float16)
+        return OpenVINOSequence(self.lm.create_infer_request(), np.float32 if exact else np.float16, self.batch,
+                                self.compute)
 
     def info(self) -> dict:
         """Versions and the knobs in force."""
@@ -202,4 +258,5 @@ class OpenVINOBackend:
                 if hasattr(self.lm.get_property("INFERENCE_PRECISION_HINT"), "name")
                 else str(self.lm.get_property("INFERENCE_PRECISION_HINT")),
                 "dynamic_quant_group": self._settings.dynamic_quant_group,
+                "batch_decode": self.batch is not None,
                 "threads": self._settings.ov_threads or "all", "streams": self._settings.ov_streams}
