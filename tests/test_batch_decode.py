@@ -61,6 +61,7 @@ def test_joins_holes_leaves_and_evictions_keep_every_sequence_exact(backend):
 
     snap = b.snapshot()  # b leaves with its KV; it no longer holds the batch up
     assert b.row is None and snap.length == rb.length
+    assert snap.nbytes == sum(a.nbytes for a in snap.data.values()) > 0
     np.testing.assert_allclose(snap.data[next(iter(snap.data))], rb.snapshot().data[next(iter(snap.data))],
                                rtol=1e-5, atol=1e-5)
     for _ in range(2):
@@ -72,6 +73,7 @@ def test_joins_holes_leaves_and_evictions_keep_every_sequence_exact(backend):
     for _ in range(ov_batch.IDLE_STEPS):  # c stops handing in tokens: moved out after IDLE_STEPS steps
         _same_step(backend, a, ra, rng)
     assert c.row is None and c.detached is not None
+    assert c.detached.nbytes == sum(a.nbytes for a in c.detached.values()) > 0  # what the prefix cache counts
     _same_step(backend, c, rc, rng)  # and continues exactly where it was
 
     prompt = rng.standard_normal((5, backend.hidden_size)).astype(np.float32)
@@ -92,10 +94,18 @@ def test_concurrent_chats_give_the_answers_of_one_at_a_time(model_cache):
     assert batch.steps == 0  # one at a time never batches
 
     answers, errors = [None] * len(dialogs), []
+    together = threading.Barrier(len(dialogs), timeout=60)  # all three decode at once from their first token
 
     def ask(i: int) -> None:
+        first = threading.Event()
+
+        def on_text(_: str) -> None:
+            if not first.is_set():
+                first.set()
+                together.wait()
+
         try:
-            answers[i] = engine.chat(dialogs[i], opts).text
+            answers[i] = engine.chat(dialogs[i], opts, on_text=on_text).text
         except Exception as exc:  # reported below
             errors.append(exc)
 

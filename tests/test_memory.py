@@ -69,3 +69,31 @@ def test_engine_holds_its_weight_files_paged_out_after_load(model_cache):
         assert answer.completion_tokens > 0
     finally:
         engine.close()
+
+
+def test_kv_restored_into_the_plugin_is_not_kept_twice(model_cache):
+    """The CPU plugin keeps the last f32 tensor given to each KV state: StateWriter hands its pages back, so
+    restoring a prefix costs the plugin's u8 copy (a quarter of the f32 size), and the KV reads back intact."""
+    import psutil
+
+    from model_fixtures import runtime_settings
+    from runtime.backends.base import KVSnapshot
+    from runtime.backends.openvino_backend import OpenVINOBackend
+
+    settings = runtime_settings(model_cache, kv_cache_precision="u8", batch_decode=False)
+    backend = OpenVINOBackend(settings.export_dir, settings)
+    seq = backend.new_sequence()
+    seq.forward(np.zeros((4, backend.hidden_size), dtype=np.float32))
+    shapes = {s.name: s.state.data.shape for s in seq.request.query_state()}  # (1, heads, 4, head_dim)
+    per_position = sum(h * d for _, h, _, d in shapes.values()) * 4  # f32 bytes
+    n = (64 << 20) // per_position  # 64 MiB of f32 KV
+    rng = np.random.default_rng(0)
+    data = {name: rng.standard_normal((1, h, n, d)).astype(np.float32) for name, (_, h, _, d) in shapes.items()}
+    process = psutil.Process()
+    before = process.memory_info().rss
+    seq.restore(KVSnapshot(n, data, 0), n)
+    grown = process.memory_info().rss - before
+    assert grown < 32 << 20, f"restoring 64 MiB of f32 KV kept {grown >> 20} MiB resident"
+    back = seq.snapshot()
+    name = next(iter(shapes))
+    assert back.length == n and np.abs(back.data[name].astype(np.float32) - data[name]).max() < 0.1

@@ -173,7 +173,8 @@ class DecodeBatch:
         width = max([old] + lengths)
         for i in parked:
             self._rows[i].handle._arrays = {}
-        self._position_values = 0
+        if newcomers:
+            self._position_values = 0
         for st in self._request.query_state():
             name = st.name
             arr = st.state.data if parked or kept else None  # (rows, heads, positions, head_dim) f32, one layer
