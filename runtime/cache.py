@@ -42,6 +42,13 @@ class LRUBytes:
                 _, (_, size) = self._items.popitem(last=False)
                 self.bytes -= size
 
+    def make_room(self, nbytes: int) -> None:
+        """Evict the least recently used until nbytes more would fit (before building a value that large)."""
+        with self._lock:
+            while self._items and self.bytes + nbytes > self.max_bytes:
+                _, (_, size) = self._items.popitem(last=False)
+                self.bytes -= size
+
     def values(self) -> list:
         """A snapshot of the stored values, most recent last."""
         with self._lock:
@@ -77,6 +84,11 @@ class PrefixCache:
         """Remember snapshot as the KV of keys[:snapshot.length]."""
         keys = np.array(keys[:snapshot.length], dtype=np.int64)
         self.store.put(keys.tobytes(), PrefixEntry(keys, snapshot), snapshot.nbytes + keys.nbytes)
+
+    def make_room(self, positions: int, bytes_per_position: float) -> None:
+        """Evict old entries so that a snapshot of `positions` fits beside the rest before it is taken (it is
+        copied out of the plugin in full before put() could evict anything: ~0.1 GB for an 800-token prompt)."""
+        self.store.make_room(int(positions * bytes_per_position))
 
     def best(self, keys: np.ndarray) -> tuple[PrefixEntry | None, int]:
         """The entry sharing the longest prefix with keys, and that length (at most len(keys) - 1, so at

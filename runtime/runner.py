@@ -65,6 +65,7 @@ class Runner:
         self.answers = LRUBytes(4 * 2**20)  # answer text -> the exact ids generated for it
         self._partials: dict[tuple[str, int], _PartialEncode] = {}
         self._partials_lock = threading.Lock()
+        self._kv_bytes_per_position = 0.0  # of a KV snapshot, learnt from the first one
 
     def encode_image(self, img: Image.Image, max_tiles: int, should_yield=None) -> tuple[EncodedImage, float]:
         """Embeddings of img at max_tiles (cached by content); returns them and the seconds spent.
@@ -121,7 +122,16 @@ class Runner:
         slot.seq.reset()
         slot.seq.forward(self.embed(np.array(ids, dtype=np.int64), [enc], 0))
         slot.keys = keys
-        self.prefixes.put(keys, slot.seq.snapshot())
+        self._save_prefix(slot)
+
+    def _save_prefix(self, slot: Slot) -> None:
+        """Snapshot the slot's KV into the prefix cache, evicting first what would not fit beside it."""
+        if self._kv_bytes_per_position:
+            self.prefixes.make_room(slot.seq.length, self._kv_bytes_per_position)
+        snap = slot.seq.snapshot()
+        if snap.length:
+            self._kv_bytes_per_position = snap.nbytes / snap.length
+        self.prefixes.put(slot.keys, snap)
 
     def prompt_ids(self, turns: list[Turn], encoded: list[list[EncodedImage]]) -> tuple[np.ndarray, np.ndarray]:
         """(ids, keys) of the ChatML prompt; keys equal ids except at image positions (the image's key)."""
@@ -215,6 +225,6 @@ class Runner:
     def _remember(self, slot: Slot, generated: list[int], text: str) -> None:
         """Save the slot's KV for follow-ups, and the exact ids of this answer's text."""
         slot.keys = slot.keys[:slot.seq.length]
-        self.prefixes.put(slot.keys, slot.seq.snapshot())
+        self._save_prefix(slot)
         if generated and self.tok.decode(generated) == text:
             self.answers.put(text, list(generated), len(generated) * 8 + len(text))

@@ -67,6 +67,30 @@ def test_caches_stay_within_their_memory_bound():
         assert prefixes.store.bytes <= 10_000
 
 
+def test_room_is_made_before_a_kv_snapshot_is_taken(model_cache):
+    """A snapshot is copied out of the engine in full before put() could evict anything: the prefix cache makes
+    room first, so the cache and the snapshot being taken never hold more than the cap together."""
+    from runtime.runner import Runner, Slot
+    from runtime.tokenizer import TextTokenizer
+
+    held = []
+
+    class Measured(SlowSequence):
+        def snapshot(self):
+            held.append(runner.prefixes.store.bytes + 8 * self.length)  # SlowSequence: 8 bytes a position
+            return super().snapshot()
+
+    runner = Runner(SlowVisionBackend(), TextTokenizer(RuntimeSettings(
+        model_name="builtin:tiny-random", cache_dir=str(model_cache), precision="fp32").export_dir), 1, 0)
+    runner.prefixes = PrefixCache(2_000)
+    slot = Slot(Measured(), np.zeros(0, np.int64))
+    for i in range(6):  # different questions: each answer's KV is a new entry of ~100 positions
+        runner.run(slot, [Turn("user", f"question number {i} " * 8)], GenerationOptions(max_new_tokens=4), 1,
+                   None, None)
+    assert len(held) == 6 and max(held[1:]) <= 2_000  # (the first teaches the runner a snapshot's size)
+    assert len(runner.prefixes.store) >= 1
+
+
 class SlowSequence:
     def __init__(self):
         self.length = 0
