@@ -91,7 +91,10 @@ class OpenVINOSequence:
         if self.batch is not None and embeds.shape[0] == 1:
             return self.batch.step(self, embeds[0])
         self._leave_batch(keep_kv=True)
-        return self.infer_own(embeds)
+        logits = self.infer_own(embeds)
+        if self.batch is not None:
+            self.batch.expect(self)  # a prompt: decoding usually follows
+        return logits
 
     def infer_own(self, embeds: np.ndarray) -> np.ndarray:
         """forward() on this sequence's own infer request."""
