@@ -12,8 +12,11 @@ the others up, and a row that handed in nothing for IDLE_STEPS steps is moved ou
 A sequence leaves the batch when its owner uses it in any other way (a snapshot, restore, reset or a prompt).
 Reading the state out of the plugin costs ~27 ms per row of 300 positions and always reads every row, so a
 row that leaves with its KV is parked instead: it stays in the state (masked, ~4 ms a step while others
-decode) and its KV is copied out by the next read that happens anyway (the next join), or when first used.
-Its owner and the prefix cache hold a KVHandle that stands for that KV meanwhile.
+decode) and its KV is copied out by the next read that happens anyway (the next join), by a thread of its own
+once no row is live, or when first used. Its owner and the prefix cache hold a KVHandle for it meanwhile.
+
+Sequences that reach their first step together (a burst of requests whose prompts were read one after another)
+join in one rebuild: a join waits up to JOIN_WAIT_S for those that have read their prompt and not yet stepped.
 """
 from __future__ import annotations
 
