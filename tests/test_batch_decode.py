@@ -6,8 +6,8 @@ import threading
 
 import numpy as np
 import pytest
-
 from model_fixtures import make_engine, photo, rel_err, runtime_settings
+
 from runtime.backends import ov_batch
 from runtime.types import GenerationOptions, Turn
 

@@ -75,8 +75,8 @@ def test_kv_restored_into_the_plugin_is_not_kept_twice(model_cache):
     """The CPU plugin keeps the last f32 tensor given to each KV state: StateWriter hands its pages back, so
     restoring a prefix costs the plugin's u8 copy (a quarter of the f32 size), and the KV reads back intact."""
     import psutil
-
     from model_fixtures import runtime_settings
+
     from runtime.backends.base import KVSnapshot
     from runtime.backends.openvino_backend import OpenVINOBackend
 

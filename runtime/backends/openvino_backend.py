@@ -75,10 +75,9 @@ class OpenVINOSequence:
     other use first takes it out of the batch (runtime/backends/ov_batch.py).
     """
 
-    def __init__(self, request, snapshot_dtype=np.float32, batch: DecodeBatch | None = None,
-                 compute=contextlib.nullcontext()):
+    def __init__(self, request, snapshot_dtype=np.float32, batch: DecodeBatch | None = None, compute=None):
         self.request = request
-        self.compute = compute  # held around each infer (OpenVINOBackend.compute)
+        self.compute = compute or contextlib.nullcontext()  # held around each infer (OpenVINOBackend.compute)
         self.length = 0
         self.snapshot_dtype = snapshot_dtype  # f16 halves saved KV memory when the live cache is u8 anyway
         self.batch = batch

@@ -35,11 +35,18 @@ JOIN_WAIT_S = 0.02  # how long a join waits for sequences whose first step is du
 SOLO_IDLE_S = 0.25  # a sequence decoding alone that has not stepped for this long no longer counts as decoding
 
 
+def _valid_positions(mask: np.ndarray):
+    """Index of a row's real positions in the state: a slice unless it has holes (then the boolean mask)."""
+    valid = mask.astype(bool)
+    first = int(np.argmax(valid))
+    return slice(first, None) if valid[first:].all() else valid
+
+
 class KVHandle(Mapping):
     """A parked row's KV, name -> (1, kv_heads, length, head_dim), copied out of the batch when first read."""
 
-    def __init__(self, batch: "DecodeBatch", row: "_Row", nbytes: int):
-        self._batch, self._row, self.nbytes = batch, row, nbytes
+    def __init__(self, batch: DecodeBatch, nbytes: int):
+        self._batch, self.nbytes = batch, nbytes
         self._arrays: dict | None = None
 
     def _resolved(self) -> dict:
@@ -167,7 +174,7 @@ class DecodeBatch:
 
     def _park(self, row: _Row) -> KVHandle:
         nbytes = int(self._mask[self._rows.index(row)].sum()) * self._position_values * np.dtype(self._dtype).itemsize
-        row.seq, row.pending, row.handle = None, None, KVHandle(self, row, nbytes)
+        row.seq, row.pending, row.handle = None, None, KVHandle(self, nbytes)
         return row.handle
 
     def _gather(self, seq) -> None:
@@ -203,52 +210,53 @@ class DecodeBatch:
         kept = [i for i, r in enumerate(self._rows) if r.live]
         if not parked and not newcomers:
             return
-        valid = [self._mask[i].astype(bool) for i in range(len(self._rows))]
-        own = [i for i in parked if valid[i][int(np.argmax(valid[i])):].all()]  # no holes: a slice will do
-        lead = min((int(np.argmax(valid[i])) for i in kept), default=0)
+        positions = {i: _valid_positions(self._mask[i]) for i in parked}
+        lead = min((int(np.argmax(self._mask[i])) for i in kept), default=0)
         old = self._mask.shape[1] - lead if kept else 0  # positions the kept rows keep
         # Parked rows' KV is gathered here and handed to their handles only once complete: a handle read by
         # another thread meanwhile waits for the lock. A newcomer coming back from a row parked in this very
         # state reads it from here, layer by layer, as it is copied out.
         filled = {i: {} for i in parked}
         by_handle = {id(self._rows[i].handle): filled[i] for i in parked}
-        incoming = [s.take_kv() for s in newcomers]
-        incoming = [by_handle.get(id(kv), kv) for kv in incoming]
-        lengths = [s.length for s in newcomers]
-        width = max([old] + lengths)
+        incoming = [by_handle.get(id(kv), kv) for kv in (s.take_kv() for s in newcomers)]
+        width = max([old] + [s.length for s in newcomers])
         if newcomers:
             self._position_values = 0
         for st in self._request.query_state():
-            name = st.name
             arr = st.state.data if parked or kept else None  # (rows, heads, positions, head_dim) f32, one layer
             for i in parked:
-                positions = slice(int(np.argmax(valid[i])), None) if i in own else valid[i]
-                filled[i][name] = arr[i:i + 1, :, positions].astype(self._dtype)
-            if not newcomers:
-                continue
-            layer = [kv[name] for kv in incoming]  # (1, heads, n, head_dim) each
-            _, heads, _, dim = layer[0].shape
-            self._position_values += heads * dim
-            full, buf = StateWriter.buffer((len(kept) + len(layer), heads, width, dim))  # zeros: the padding
-            for j, i in enumerate(kept):
-                full[j, :, width - old:] = arr[i, :, lead:]
-            for j, kv in enumerate(layer, start=len(kept)):
-                full[j, :, width - kv.shape[2]:] = kv[0]
-            self._writer.set(st, full, buf)
+                filled[i][st.name] = arr[i:i + 1, :, positions[i]].astype(self._dtype)
+            if newcomers:
+                kept_layer = [arr[i, :, lead:] for i in kept]  # views: copied once, into the new state
+                self._write_layer(st, kept_layer + [kv[st.name][0] for kv in incoming], width)
         for i in parked:
             self._rows[i].handle._arrays, self._rows[i].gone = filled[i], True
         if newcomers:
-            mask = np.zeros((len(kept) + len(newcomers), width), dtype=np.int64)
-            for j, i in enumerate(kept):
-                mask[j, width - old:] = self._mask[i, lead:]
-            for j, n in enumerate(lengths, start=len(kept)):
-                mask[j, width - n:] = 1
-            self._rows, self._mask = [self._rows[i] for i in kept] + [_Row(s) for s in newcomers], mask
-            for r in self._rows:
-                r.seq.row = r
+            self._adopt(kept, lead, newcomers, width)
         elif not kept:  # nothing live is left: start empty
             self._rows, self._mask = [], np.zeros((0, 0), dtype=np.int64)
             self._request.reset_state()
+
+    def _write_layer(self, state, rows: list[np.ndarray], width: int) -> None:
+        """Set one layer's state to rows (heads, n_i, head_dim), each left-padded with zeros to width."""
+        heads, _, dim = rows[-1].shape
+        self._position_values += heads * dim
+        full, buf = StateWriter.buffer((len(rows), heads, width, dim))  # zero-filled: the padding
+        for j, kv in enumerate(rows):
+            full[j, :, width - kv.shape[1]:] = kv
+        self._writer.set(state, full, buf)
+
+    def _adopt(self, kept: list[int], lead: int, newcomers: list, width: int) -> None:
+        """The rows and mask after a rebuild: kept rows (their front padding cut at lead), then newcomers."""
+        mask = np.zeros((len(kept) + len(newcomers), width), dtype=np.int64)
+        for j, i in enumerate(kept):
+            row = self._mask[i, lead:]
+            mask[j, width - row.size:] = row
+        for j, seq in enumerate(newcomers, start=len(kept)):
+            mask[j, width - seq.length:] = 1
+        self._rows, self._mask = [self._rows[i] for i in kept] + [_Row(s) for s in newcomers], mask
+        for r in self._rows:
+            r.seq.row = r
 
     def _run_step(self) -> None:
         """One batched infer: rows with a token get its logits, the others a masked hole."""
