@@ -38,16 +38,18 @@ class LRUBytes:
                 return
             self._items[key] = (value, nbytes)
             self.bytes += nbytes
-            while self.bytes > self.max_bytes:
-                _, (_, size) = self._items.popitem(last=False)
-                self.bytes -= size
+            self._evict_to(self.max_bytes)
 
     def make_room(self, nbytes: int) -> None:
         """Evict the least recently used until nbytes more would fit (before building a value that large)."""
         with self._lock:
-            while self._items and self.bytes + nbytes > self.max_bytes:
-                _, (_, size) = self._items.popitem(last=False)
-                self.bytes -= size
+            self._evict_to(self.max_bytes - nbytes)
+
+    def _evict_to(self, limit: int) -> None:
+        """Drop the least recently used until the total is at most limit (hold the lock)."""
+        while self._items and self.bytes > limit:
+            _, (_, size) = self._items.popitem(last=False)
+            self.bytes -= size
 
     def values(self) -> list:
         """A snapshot of the stored values, most recent last."""

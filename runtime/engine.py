@@ -62,7 +62,8 @@ class Engine:
             self._runner = Runner(backend, tokenizer, self.settings.image_cache_mb, self.settings.kv_cache_mb)
             # Concurrent generations only pay where their decode steps share a batched call (OpenVINO): elsewhere
             # they would split the cores, and hold a set of buffers each, for no more tokens per second.
-            slots = self.settings.concurrency or (BATCHED_CONCURRENCY if getattr(backend, "batch", None) is not None else 1)
+            batched = getattr(backend, "batch", None) is not None
+            slots = self.settings.concurrency or (BATCHED_CONCURRENCY if batched else 1)
             self._slots = [Slot(backend.new_sequence(), np.zeros(0, np.int64)) for _ in range(slots)]
             self._free = threading.Semaphore(len(self._slots))
             self._capacity = len(self._slots)  # fixed: self._slots shrinks while slots are in use

@@ -193,10 +193,9 @@ class OpenVINOBackend:
         # at a loss (4 clients on 2 cores: 1.05x one client's tokens/s with calls overlapping, see
         # runtime/backends/ov_batch.py), and each would hold its own working buffers.
         self.compute = threading.Lock()
-        self.batch = None
-        if settings.batch_decode:
-            exact = settings.kv_cache_precision == "f32"
-            self.batch = DecodeBatch(self.lm, self.compute, np.float32 if exact else np.float16)
+        # KV copied out of the plugin: f16 halves it where the live cache is u8 anyway.
+        self._snapshot_dtype = np.float32 if settings.kv_cache_precision == "f32" else np.float16
+        self.batch = DecodeBatch(self.lm, self.compute, self._snapshot_dtype) if settings.batch_decode else None
         self.warm_up()
 
     def warm_up(self) -> None:
@@ -247,9 +246,7 @@ class OpenVINOBackend:
 
     def new_sequence(self) -> OpenVINOSequence:
         """A fresh sequence with its own infer request (and KV state)."""
-        exact = self._settings.kv_cache_precision == "f32"
-        return OpenVINOSequence(self.lm.create_infer_request(), np.float32 if exact else np.float16, self.batch,
-                                self.compute)
+        return OpenVINOSequence(self.lm.create_infer_request(), self._snapshot_dtype, self.batch, self.compute)
 
     def info(self) -> dict:
         """Versions and the knobs in force."""
