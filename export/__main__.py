@@ -19,6 +19,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--revision", help="MODEL_REVISION: Hub branch, tag or commit")
     p.add_argument("--check", action="store_true", help="exit 0 if a finished export exists, 1 if not; export nothing")
     p.add_argument("--print-dir", action="store_true", help="print the export folder and exit")
+    p.add_argument("--progress-json", action="store_true",
+                   help="print progress as JSON lines on stdout (see export/progress.py); used by the web app")
     return p.parse_args(argv)
 
 
@@ -33,6 +35,7 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"export: invalid setting: {exc}", file=sys.stderr)
         return 2
+    from export import progress
     from export.pipeline import is_exported, run_export
 
     if args.print_dir:
@@ -40,20 +43,29 @@ def main(argv=None) -> int:
         return 0
     if args.check:
         return 0 if is_exported(settings) else 1
+    if args.progress_json:
+        progress.emit_json()
     try:
         out = run_export(settings)
     except ExportError as exc:
-        print(f"export: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(progress, str(exc))
     except OSError as exc:  # the cache folder cannot be created or written
-        print(f"export: error: cannot write to {exc.filename or settings.cache_dir}: {exc.strerror or exc}",
-              file=sys.stderr)
-        return 1
+        return _fail(progress, f"cannot write to {exc.filename or settings.cache_dir}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         print("export: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
-    print(out)
+    if args.progress_json:
+        progress.report("done", str(out))
+    else:
+        print(out)
     return 0
+
+
+def _fail(progress, reason: str) -> int:
+    """Say why the export failed (stderr, and a "failed" progress line), and return the exit code 1."""
+    print(f"export: error: {reason}", file=sys.stderr)
+    progress.report("failed", reason)
+    return 1
 
 
 if __name__ == "__main__":

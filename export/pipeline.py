@@ -6,7 +6,7 @@ import logging
 import time
 from pathlib import Path
 
-from export import compress, openvino_parts
+from export import compress, openvino_parts, progress
 from export.atomic import atomic_dir, export_lock
 from export.errors import ExportError
 from export.manifest import MANIFEST, build_manifest, is_complete
@@ -47,6 +47,7 @@ def _build(settings: ExportSettings, out: Path) -> Path:
     log.info("exporting %s (%s format) at %s into %s", settings.model_name, source.original_format,
              settings.precision, out)
     with atomic_dir(out) as tmp:
+        progress.report("exporting", "loading the checkpoint")
         model = _load_native(source.native_dir)
         hidden = model.config.text_config.hidden_size
         if "openvino" in settings.formats:
@@ -78,10 +79,15 @@ def _load_native(folder: Path):
 
 def _export_openvino(model, src: Path, out: Path, precision: str, hidden: int) -> None:
     fp16 = precision != "fp32"
-    openvino_parts.convert_vision(model, out, fp16)
-    openvino_parts.convert_text_embeddings(model, out, fp16)
-    openvino_parts.convert_language_model(model, out, fp16)
+    steps = [("vision encoder", lambda: openvino_parts.convert_vision(model, out, fp16)),
+             ("text embeddings", lambda: openvino_parts.convert_text_embeddings(model, out, fp16)),
+             ("language model", lambda: openvino_parts.convert_language_model(model, out, fp16))]
     files = {"lm": openvino_parts.LM_XML, "vision": openvino_parts.VISION_XML,
              "embeddings": openvino_parts.TEXT_EMB_XML}
     for part, mode in compress.PLAN[precision].items():
-        compress.compress_file(out / files[part], mode, hidden)
+        steps.append((f"compressing {part} to {mode}",
+                      lambda part=part, mode=mode: compress.compress_file(out / files[part], mode, hidden)))
+    for k, (name, step) in enumerate(steps):
+        progress.report("exporting", name, k, len(steps), "parts")
+        step()
+    progress.report("exporting", "tokenizer and configs", len(steps), len(steps), "parts")
