@@ -1,18 +1,17 @@
 # One entry point for people, CI and the Dockerfiles: they all run these same commands.
+# Settings (MODEL_NAME, PORT, HF_CACHE_DIR...) are not set here: the programs read them from the
+# environment and ./.env themselves (runtime/config.py), so `make run` and `python -m webapp` agree.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-EXTRAS ?= export,test
+EXTRAS ?= export
+TEST_EXTRAS := export,test
 OPTIMUM_INTEL := optimum-intel==2.2.0
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-export MODEL_NAME ?= OpenGVLab/InternVL3_5-1B
-export HF_CACHE_DIR ?= $(CURDIR)/data/model_cache
-export PORT ?= 7860
-
-.PHONY: venv install export run serve test test-slow bench bench-quality lint clean help
+.PHONY: venv install export run serve settings test test-slow bench bench-quality lint clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -26,24 +25,27 @@ $(STAMP): pyproject.toml | $(PY)
 	@case ",$(EXTRAS)," in *,export,*) $(PIP) install --no-deps "$(OPTIMUM_INTEL)";; esac
 	@touch $@
 
-venv: $(STAMP)  ## create the virtual environment and install (EXTRAS=export,test by default)
+venv: $(STAMP)  ## create the virtual environment and install serving + export (EXTRAS=export; EXTRAS= serves only)
 
 install: $(STAMP)  ## same as venv
 
 export: $(STAMP)  ## export MODEL_NAME at EXPORT_PRECISION into HF_CACHE_DIR (skips finished work)
 	$(PY) -m export
 
-run: $(STAMP)  ## install, export if needed, serve on http://localhost:$(PORT)
-	@$(PY) -m export --check || $(PY) -m export
+run: $(STAMP)  ## install, then serve on http://localhost:7860 (or $$PORT) at once: the first start downloads and exports, with progress on the page
 	$(PY) -m webapp
 
-serve: $(STAMP)  ## serve without the export check
-	$(PY) -m webapp
+serve: run  ## same as run
 
-test: $(STAMP)  ## the default test run (fast tiers: unit, web, tiny-model export and parity)
+settings: $(STAMP)  ## print the settings in force, from the environment and .env (ENV_FILE=path reads another file)
+	@$(PY) -m webapp --print-settings
+
+test:  ## the default test run (fast tiers: unit, web, tiny-model export and parity); installs the test tools
+	$(MAKE) EXTRAS=$(TEST_EXTRAS) venv
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)  ## the slow tier (full-size model, soak)
+test-slow:  ## the slow tier (full-size model, soak)
+	$(MAKE) EXTRAS=$(TEST_EXTRAS) venv
 	$(PY) -m pytest -q -m slow
 
 bench: ## side-by-side speed benchmark on the exact InternVL3.5-1B configuration (minutes)

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from export.errors import ExportError
-from export.settings import ExportSettings
+from export.settings import ExportSettings, parse_formats
+from runtime.config import load_env_file
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -25,11 +27,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    """Run the export; expected failures print one line and return 1 (2 for bad settings)."""
+    """Run the export with the settings of .env and the environment (flags win); expected failures print one
+    line and return 1 (2 for bad settings)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s export %(levelname)s %(message)s")
+    load_env_file()
     try:
-        formats = tuple(f.strip() for f in args.formats.split(",")) if args.formats else None
+        formats = parse_formats(args.formats) if args.formats else None
         settings = ExportSettings.from_env(model_name=args.model, cache_dir=args.cache_dir,
                                            precision=args.precision, formats=formats, revision=args.revision)
     except ValueError as exc:
@@ -45,10 +49,15 @@ def main(argv=None) -> int:
         return 0 if is_exported(settings) else 1
     if args.progress_json:
         progress.emit_json()
+    signal.signal(signal.SIGTERM, _interrupt)  # docker stop, or the web app stopping: clean up as for Ctrl-C
     try:
         out = run_export(settings)
     except ExportError as exc:
         return _fail(progress, str(exc))
+    except ImportError as exc:  # a serving-only install (EXTRAS=) has no torch / transformers / optimum
+        return _fail(progress, f"the export needs the packages of the `export` extra ({exc.name or exc} is "
+                               "missing): run `make install EXTRAS=export`, or export on another machine "
+                               "into the same cache folder")
     except OSError as exc:  # the cache folder cannot be created or written
         return _fail(progress, f"cannot write to {exc.filename or settings.cache_dir}: {exc.strerror or exc}")
     except KeyboardInterrupt:
@@ -59,6 +68,10 @@ def main(argv=None) -> int:
     else:
         print(out)
     return 0
+
+
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt
 
 
 def _fail(progress, reason: str) -> int:

@@ -5,38 +5,43 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.settings import DEFAULT_MODEL, artifact_dir, default_cache_dir
+from runtime.config import read_env, setting
+from runtime.settings import DEFAULT_MODEL, DEFAULT_PRECISION, artifact_dir, default_cache_dir
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 FORMATS = ("openvino", "onnx")
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """'openvino, onnx' -> ('openvino', 'onnx')."""
+    return tuple(f.strip() for f in text.split(",") if f.strip())
 
 
 @dataclass(frozen=True)
 class ExportSettings:
     """What to export, from where, and how."""
 
-    model_name: str = DEFAULT_MODEL  # MODEL_NAME: Hub id, local folder, or builtin:tiny-random / builtin:random-1b
-    cache_dir: str = ""  # HF_CACHE_DIR: downloads, converted checkpoints and exports
-    precision: str = "int8"  # EXPORT_PRECISION: fp32 | fp16 | int8 | int4 (weights of LM / vision / embeddings)
-    formats: tuple[str, ...] = ("openvino",)  # EXPORT_FORMATS: comma-separated subset of openvino,onnx
-    revision: str | None = None  # MODEL_REVISION: Hub branch, tag or commit (default: main)
-    offline: bool = False  # HF_HUB_OFFLINE: never touch the network
+    # Hub id, local folder, or builtin:tiny-random / builtin:random-1b
+    model_name: str = setting("MODEL_NAME", DEFAULT_MODEL)
+    # downloads, converted checkpoints and exports
+    cache_dir: str = setting("HF_CACHE_DIR", "", fallback=default_cache_dir)
+    # fp32 | fp16 | int8 | int4 (weights of LM / vision / embeddings)
+    precision: str = setting("EXPORT_PRECISION", DEFAULT_PRECISION)
+    # comma-separated subset of openvino,onnx
+    formats: tuple[str, ...] = setting("EXPORT_FORMATS", ("openvino",), parse=parse_formats)
+    # Hub branch, tag or commit (default: main)
+    revision: str | None = setting("MODEL_REVISION", None, parse=str)
+    # never touch the network
+    offline: bool = setting("HF_HUB_OFFLINE", False)
 
     @classmethod
     def from_env(cls, **overrides) -> "ExportSettings":
         """Read the fields from the environment; keyword arguments win."""
-        formats = os.environ.get("EXPORT_FORMATS") or "openvino"
-        if os.environ.get("BACKEND", "").lower() == "onnxruntime" and "onnx" not in formats:
-            formats += ",onnx"  # serving with ONNX Runtime needs its models: export them on demand
-        values = {
-            "model_name": os.environ.get("MODEL_NAME") or DEFAULT_MODEL,
-            "cache_dir": os.environ.get("HF_CACHE_DIR") or default_cache_dir(),
-            "precision": os.environ.get("EXPORT_PRECISION") or "int8",
-            "formats": tuple(f.strip() for f in formats.split(",") if f.strip()),
-            "revision": os.environ.get("MODEL_REVISION") or None,
-            "offline": os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"),
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        values = read_env(cls, overrides)
+        formats = values.get("formats", cls.formats)
+        onnx_served = os.environ.get("BACKEND", "").strip().lower() == "onnxruntime"
+        if onnx_served and "onnx" not in formats and overrides.get("formats") is None:
+            values["formats"] = (*formats, "onnx")  # serving with ONNX Runtime needs its models: export them too
         settings = cls(**values)
         settings.validate()
         return settings

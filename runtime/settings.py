@@ -1,4 +1,4 @@
-"""Runtime configuration, read once from the environment (and `.env`)."""
+"""Runtime configuration, read once from the environment (and `.env`, see runtime/config.py)."""
 from __future__ import annotations
 
 import os
@@ -6,21 +6,10 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from runtime.config import read_env, setting
+
 DEFAULT_MODEL = "OpenGVLab/InternVL3_5-1B"
-
-
-def load_dotenv(path: str | os.PathLike = ".env") -> None:
-    """Copy KEY=VALUE lines of a .env file into os.environ without overriding what is already set."""
-    p = Path(path)
-    if not p.is_file():
-        return
-    for line in p.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        value = value.strip().strip('"').strip("'")
-        os.environ.setdefault(key.strip(), value)
+DEFAULT_PRECISION = "int8"  # the export built and served unless EXPORT_PRECISION says otherwise
 
 
 def default_cache_dir() -> str:
@@ -41,18 +30,6 @@ def artifact_dir(cache_dir: str | os.PathLike, model_name: str, precision: str) 
     return Path(cache_dir) / "exported" / model_slug(model_name) / precision
 
 
-def _env(name: str, default, cast=str):
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    if cast is bool:
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    try:
-        return cast(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a {'whole number' if cast is int else cast.__name__}, got {raw!r}") from None
-
-
 BATCHED_CONCURRENCY = 4  # generations at once by default where their decode steps are batched (OpenVINO)
 
 
@@ -60,56 +37,39 @@ BATCHED_CONCURRENCY = 4  # generations at once by default where their decode ste
 class RuntimeSettings:
     """Everything the engine needs to load and serve a model."""
 
-    model_name: str = DEFAULT_MODEL  # MODEL_NAME: Hub id, local folder or builtin:tiny-random
-    cache_dir: str = ""  # HF_CACHE_DIR: downloads, exports and compiled-model cache
-    precision: str = "int8"  # EXPORT_PRECISION: which export to serve (fp16 | int8 | int4)
-    device: str = "auto"  # DEVICE: auto | cpu | cuda
-    backend: str = "auto"  # BACKEND: auto | openvino | onnxruntime | torch
-    max_tiles: int = 2  # MAX_TILES: default tile budget per image (1..12)
-    max_new_tokens: int = 512  # MAX_NEW_TOKENS: default and upper bound of generated tokens
-    ov_threads: int = 0  # OV_NUM_THREADS: inference threads, 0 = all cores
-    ov_streams: int = 1  # OV_NUM_STREAMS: parallel inference streams on CPU
-    kv_cache_precision: str = "u8"  # OV_KV_CACHE_PRECISION: u8 (smaller, default) or f32 (exact)
-    inference_precision: str = ""  # OV_INFERENCE_PRECISION: "" = plugin default (bf16 on CPUs with it), f32, bf16
-    dynamic_quant_group: int = 128  # OV_DYNAMIC_QUANT_GROUP: activations to int8 in groups of N, 0 = off
-    ov_cache_dir: str = ""  # OV_CACHE_DIR: compiled-model cache for fast restarts ("" = <cache>/ov_cache, "off")
-    onnx_vision_int8: bool = False  # ONNX_VISION_INT8: BACKEND=onnxruntime runs the W8A8 vision model (faster)
-    concurrency: int = 0  # CONCURRENCY: generations run at once; 0 = BATCHED_CONCURRENCY where decode is batched, else 1
-    batch_decode: bool = True  # BATCH_DECODE: generations decoding at once share one batched LM call (OpenVINO)
-    max_queue: int = 8  # MAX_QUEUE: requests allowed to wait; more get Busy
-    image_cache_mb: int = 512  # IMAGE_CACHE_MB: memory for cached image embeddings
-    kv_cache_mb: int = 128  # KV_CACHE_MB: memory for saved KV-cache prefixes (follow-ups, prepared images)
-    max_prepared: int = 256  # MAX_PREPARED: prepared images remembered at once (oldest dropped first)
-    prepare_ttl_s: int = 3600  # PREPARE_TTL_S: a prepared image's id expires after this many seconds
+    model_name: str = setting("MODEL_NAME", DEFAULT_MODEL)  # Hub id, local folder or builtin:tiny-random
+    # downloads, exports and compiled-model cache
+    cache_dir: str = setting("HF_CACHE_DIR", "", fallback=default_cache_dir)
+    precision: str = setting("EXPORT_PRECISION", DEFAULT_PRECISION)  # which export to serve (fp16 | int8 | int4)
+    device: str = setting("DEVICE", "auto", parse=str.lower)  # auto | cpu | cuda
+    backend: str = setting("BACKEND", "auto", parse=str.lower)  # auto | openvino | onnxruntime | torch
+    max_tiles: int = setting("MAX_TILES", 2)  # default tile budget per image (1..12)
+    max_new_tokens: int = setting("MAX_NEW_TOKENS", 512)  # default and upper bound of generated tokens
+    ov_threads: int = setting("OV_NUM_THREADS", 0)  # inference threads, 0 = all cores
+    ov_streams: int = setting("OV_NUM_STREAMS", 1)  # parallel inference streams on CPU
+    # u8 (smaller, default) or f32 (exact)
+    kv_cache_precision: str = setting("OV_KV_CACHE_PRECISION", "u8", parse=str.lower)
+    # "" = plugin default (bf16 on CPUs with it), f32, bf16
+    inference_precision: str = setting("OV_INFERENCE_PRECISION", "", parse=str.lower)
+    dynamic_quant_group: int = setting("OV_DYNAMIC_QUANT_GROUP", 128)  # activations to int8 in groups of N, 0 = off
+    # compiled-model cache for fast restarts ("" = <cache>/ov_cache, "off")
+    ov_cache_dir: str = setting("OV_CACHE_DIR", "")
+    # BACKEND=onnxruntime runs the W8A8 vision model (faster)
+    onnx_vision_int8: bool = setting("ONNX_VISION_INT8", False)
+    # generations run at once; 0 = BATCHED_CONCURRENCY where decode is batched, else 1
+    concurrency: int = setting("CONCURRENCY", 0)
+    # generations decoding at once share one batched LM call (OpenVINO)
+    batch_decode: bool = setting("BATCH_DECODE", True)
+    max_queue: int = setting("MAX_QUEUE", 8)  # requests allowed to wait; more get Busy
+    image_cache_mb: int = setting("IMAGE_CACHE_MB", 512)  # memory for cached image embeddings
+    kv_cache_mb: int = setting("KV_CACHE_MB", 128)  # memory for saved KV-cache prefixes (follow-ups, prepared images)
+    max_prepared: int = setting("MAX_PREPARED", 256)  # prepared images remembered at once (oldest dropped first)
+    prepare_ttl_s: int = setting("PREPARE_TTL_S", 3600)  # a prepared image's id expires after this many seconds
 
     @classmethod
     def from_env(cls, **overrides) -> "RuntimeSettings":
         """Read every field from its environment variable; keyword arguments win."""
-        env = {
-            "model_name": _env("MODEL_NAME", DEFAULT_MODEL),
-            "cache_dir": _env("HF_CACHE_DIR", "") or default_cache_dir(),
-            "precision": _env("EXPORT_PRECISION", "int8"),
-            "device": _env("DEVICE", "auto").lower(),
-            "backend": _env("BACKEND", "auto").lower(),
-            "max_tiles": _env("MAX_TILES", 2, int),
-            "max_new_tokens": _env("MAX_NEW_TOKENS", 512, int),
-            "ov_threads": _env("OV_NUM_THREADS", 0, int),
-            "ov_streams": _env("OV_NUM_STREAMS", 1, int),
-            "kv_cache_precision": _env("OV_KV_CACHE_PRECISION", "u8").lower(),
-            "inference_precision": _env("OV_INFERENCE_PRECISION", "").lower(),
-            "dynamic_quant_group": _env("OV_DYNAMIC_QUANT_GROUP", 128, int),
-            "ov_cache_dir": _env("OV_CACHE_DIR", ""),
-            "onnx_vision_int8": _env("ONNX_VISION_INT8", False, bool),
-            "concurrency": _env("CONCURRENCY", 0, int),
-            "batch_decode": _env("BATCH_DECODE", True, bool),
-            "max_queue": _env("MAX_QUEUE", 8, int),
-            "image_cache_mb": _env("IMAGE_CACHE_MB", 512, int),
-            "kv_cache_mb": _env("KV_CACHE_MB", 128, int),
-            "max_prepared": _env("MAX_PREPARED", 256, int),
-            "prepare_ttl_s": _env("PREPARE_TTL_S", 3600, int),
-        }
-        env.update(overrides)
-        settings = cls(**env)
+        settings = cls(**read_env(cls, overrides))
         settings.validate()
         return settings
 

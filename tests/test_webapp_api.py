@@ -43,11 +43,11 @@ def test_health_loading_then_error(client, fake_engine):
     fake_engine.state = "loading"
     resp = client.get("/health")
     assert resp.status_code == 503 and resp.headers["Retry-After"]
-    assert resp.get_json()["status"] == "loading"
+    assert resp.get_json()["status"] == "loading" and resp.get_json()["phase"] == "loading"
     fake_engine.state, fake_engine.error = "error", "exported model not found"
     resp = client.get("/health")
     assert resp.status_code == 503
-    assert resp.get_json() == {"status": "error", "error": "exported model not found"}
+    assert resp.get_json() == {"status": "error", "phase": "failed", "error": "exported model not found"}
 
 
 def test_openapi_documents_every_api_route(app, client):

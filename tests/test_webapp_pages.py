@@ -77,7 +77,7 @@ def test_chat_errors_are_shown_next_to_their_field(client, make_png):
 def test_page_error_when_the_model_is_loading(client, fake_engine, make_png):
     fake_engine.state = "loading"
     html = client.get("/").get_data(as_text=True)
-    assert "still loading" in html
+    assert 'id="startup"' in html and "Loading the model" in html  # the start notice, kept current by startup.js
     resp = client.post("/chat", data={"csrf_token": csrf(client), "image": upload(make_png()), "question": "q"})
     assert resp.status_code == 503 and resp.headers["Retry-After"]
     assert "still loading" in field_error(resp.get_data(as_text=True), "form")

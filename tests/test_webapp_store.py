@@ -129,13 +129,18 @@ def test_main_serves_with_waitress_never_debug(monkeypatch, fake_engine):
     monkeypatch.setenv("PORT", "7999")
     monkeypatch.setattr(main, "create_app", lambda settings: __import__("webapp").create_app(settings, fake_engine))
     monkeypatch.setattr(main, "serve", lambda app, **kw: served.update(app=app, **kw))
-    main.main()
+    handlers = {}
+    monkeypatch.setattr(main.signal, "signal", lambda signum, handler: handlers.update({signum: handler}))
+    main.main([])
     assert served["port"] == 7999 and served["threads"] == 16 and not served["app"].debug
+    with pytest.raises(SystemExit) as stopped:  # docker stop: a clean exit, not a kill after 10 s
+        handlers[main.signal.SIGTERM](main.signal.SIGTERM, None)
+    assert stopped.value.code == 0
 
 
 def test_create_app_without_engine_starts_the_real_one(monkeypatch, web_settings, fake_engine):
     import webapp
 
-    monkeypatch.setattr(webapp, "default_engine", lambda: fake_engine.start())
+    monkeypatch.setattr(webapp, "default_engine", lambda: (fake_engine.start(), None))
     app = webapp.create_app(web_settings)
     assert app.extensions["webapp"].engine is fake_engine and fake_engine.started

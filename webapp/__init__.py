@@ -25,20 +25,23 @@ def select_locale() -> str:
 
 
 def default_engine():
-    """The real engine, configured from the environment and loading in the background."""
+    """The real engine, configured from the environment, and the first start that exports the model if
+    needed and then loads the engine, both in the background."""
     from runtime.engine import create_engine
     from runtime.settings import RuntimeSettings
+    from webapp.firststart import FirstStart
 
     engine = create_engine(RuntimeSettings.from_env())
-    engine.start()
-    return engine
+    return engine, FirstStart(engine).start()
 
 
 def create_app(settings: WebSettings | None = None, engine=None) -> Flask:
-    """Application factory: pass `engine` (tests pass a fake); without one the real engine starts loading."""
+    """Application factory: pass `engine` (tests pass their own); without one the model is exported if
+    needed and the real engine loads, in the background, while the app already answers."""
     settings = settings or WebSettings.from_env()
+    startup = None
     if engine is None:
-        engine = default_engine()
+        engine, startup = default_engine()
     app = Flask(__name__)
     body_limit = settings.max_upload_bytes * 4 // 3 + 2**20  # base64 in JSON is a third bigger
     app.config.update(
@@ -53,7 +56,7 @@ def create_app(settings: WebSettings | None = None, engine=None) -> Flask:
     )
     app.json.sort_keys = False  # keep the documented field order in answers
     Babel(app, locale_selector=select_locale)
-    app.extensions["webapp"] = AppState.build(settings, engine)
+    app.extensions["webapp"] = AppState.build(settings, engine, startup)
     app.jinja_env.globals.update(LANGUAGES=LANGUAGES, get_locale=get_locale)
     errors.register(app)
     security.register(app)

@@ -1,18 +1,25 @@
-"""`python -m webapp`: serve the app with waitress on HOST:PORT (never the debug server)."""
+"""`python -m webapp`: serve the app with waitress on HOST:PORT (never the debug server).
+
+The server listens at once; the model is exported if needed and loaded in the background (webapp/firststart.py).
+`python -m webapp --print-settings` prints what every stage will use, from `.env` and the environment.
+"""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import signal
 import sys
 
 from waitress import serve
 
+from runtime.config import describe, load_env_file
 from runtime.memory import tune_malloc
-from runtime.settings import load_dotenv
 from webapp import create_app
 from webapp.settings import WebSettings
 
 log = logging.getLogger("webapp")
+SECRETS = ("SECRET_KEY", "API_KEY")  # printed only as set or not
 
 
 def check_threads(settings: WebSettings, engine_info: dict) -> None:
@@ -25,11 +32,49 @@ def check_threads(settings: WebSettings, engine_info: dict) -> None:
                     settings.threads, held)
 
 
-def main() -> int:
-    """Read .env and the environment, start the engine loading, and serve; a bad setting or a port that
-    cannot be opened ends the process with one logged line (exit 2 and 1), never a bare traceback."""
+def stop_on_signal(app) -> None:
+    """SIGTERM (docker stop, systemd) ends the server at once and cleanly: a running export is stopped
+    first (it removes its unfinished output), then the process exits 0. Without a handler Python ignores
+    SIGTERM as PID 1 in a container, and Docker kills it after 10 s."""
+    def handler(signum, _frame):
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        startup = app.extensions["webapp"].startup
+        if startup is not None:
+            startup.stop()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def print_settings() -> int:
+    """Print the settings of the engine and the web app as ENV=value lines (secrets only as set or not)."""
+    from runtime.settings import RuntimeSettings
+
+    values = {**describe(RuntimeSettings.from_env()), **describe(WebSettings.from_env(secret_key="unused"))}
+    for key, value in values.items():
+        if key in SECRETS:
+            value = "<set>" if os.environ.get(key, "").strip() else ""
+        print(f"{key}={value}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Read .env and the environment, start the first start (export if needed, then the engine), and
+    serve; a bad setting or a port that cannot be opened ends the process with one logged line (exit 2
+    and 1), never a bare traceback."""
+    p = argparse.ArgumentParser(prog="python -m webapp", description=__doc__.splitlines()[0])
+    p.add_argument("--print-settings", action="store_true", help="print the settings in force and exit")
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    load_dotenv()
+    env_file = load_env_file()
+    if args.print_settings:
+        try:
+            return print_settings()
+        except ValueError as exc:
+            print(f"invalid setting: {exc}", file=sys.stderr)
+            return 2
+    if env_file is not None:
+        log.info("settings from the environment and %s", env_file)
     tune_malloc()  # before the engine and the web server start their threads
     try:
         settings = WebSettings.from_env()
@@ -37,6 +82,7 @@ def main() -> int:
     except ValueError as exc:
         log.error("invalid setting: %s", exc)
         return 2
+    stop_on_signal(app)
     check_threads(settings, app.extensions["webapp"].info())
     log.info("serving on http://%s:%d", settings.host, settings.port)
     try:

@@ -105,14 +105,19 @@ def delete_session(sid: str):
 
 @bp.get("/health")
 def health():
-    """200 with model/backend/device once the engine is ready, else 503 loading (or error)."""
+    """200 with model/backend/device once the engine is ready; until then 503 with the start's phase
+    (starting, downloading, converting, exporting, loading) and its progress, or with the error that
+    stopped it (phase "failed")."""
     info = state().info()
     if info.get("state") == "ready":
         keys = ("model", "format", "precision", "backend", "device")
         return jsonify({"status": "ok", **{k: info.get(k) for k in keys}})
     if info.get("state") == "error":
-        return jsonify({"status": "error", "error": info.get("error")}), 503, {"Retry-After": "30"}
-    return jsonify({"status": "loading", "progress": info.get("progress")}), 503, {"Retry-After": "5"}
+        body = {"status": "error", "phase": "failed", "error": info.get("error")}
+        return jsonify(body), 503, {"Retry-After": "30"}
+    body = {"status": "loading", "phase": info.get("phase"), "progress": info.get("progress")}
+    body.update({k: info[k] for k in ("done", "total", "unit") if k in info})
+    return jsonify(body), 503, {"Retry-After": "5"}
 
 
 @bp.get("/metrics")

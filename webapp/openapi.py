@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from webapp.settings import WebSettings
+from webapp.state import PHASES
 
 
 def _ref(name: str) -> dict:
@@ -163,13 +164,26 @@ def _paths() -> dict:
         "/v1/models": {"get": _op("The served model", None, _json(any_json, "Model list"), 401)},
         "/health": {"get": {"summary": "200 when ready; 503 while loading or after a load error",
                             "responses": {"200": _json(any_json, "Ready"),
-                                          "503": _json(any_json, "Loading or error")}}},
+                                          "503": _json(HEALTH_503, "Loading (with the phase and its progress) "
+                                                                   "or error (with the reason)")}}},
         "/metrics": {"get": {"summary": "Prometheus metrics",
                              "responses": {"200": {"description": "text/plain exposition format"}}}},
         "/openapi.json": {"get": {"summary": "This document",
                                   "responses": {"200": _json(any_json, "OpenAPI 3 document")}}},
     }
     return paths
+
+
+HEALTH_503 = {"type": "object", "required": ["status"], "properties": {
+    "status": {"type": "string", "enum": ["loading", "error"]},
+    "phase": {"type": "string", "enum": [p for p in PHASES if p != "ready"],
+              "description": "what the first start is doing: downloading the weights, converting an "
+                             "original-format checkpoint, exporting to OpenVINO, loading the engine"},
+    "progress": {"type": "string", "description": "what is being done now, in words"},
+    "done": {"type": "integer", "description": "bytes downloaded or parts exported so far, where known"},
+    "total": {"type": "integer", "description": "bytes or parts in all, where known"},
+    "unit": {"type": "string", "enum": ["bytes", "parts"]},
+    "error": {"type": "string", "description": "why the start failed (status error)"}}}
 
 
 def openapi_spec(settings: WebSettings) -> dict:

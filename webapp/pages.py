@@ -113,8 +113,10 @@ def image_status(image_id: str):
 def status_page():
     """Model, backend, device, load progress (refreshing while loading) and recent timings."""
     st = state()
-    return render_template("status.html", info=st.info(), recent=st.metrics.recent_list(),
-                           settings=st.settings, max_new_tokens=st.max_new_tokens())
+    info = st.info()
+    return render_template("status.html", info=info, recent=st.metrics.recent_list(), settings=st.settings,
+                           max_new_tokens=st.max_new_tokens(), phase_labels=phase_labels(),
+                           progress_amount=progress_amount(info))
 
 
 @bp.get("/docs")
@@ -173,9 +175,33 @@ def _tiles_value(form: dict) -> int:
     return 2
 
 
+def phase_labels() -> dict:
+    """The start's phases (webapp.state.PHASES) in the reader's language."""
+    return {"starting": gettext("Starting"), "downloading": gettext("Downloading the model"),
+            "converting": gettext("Converting the checkpoint"),
+            "exporting": gettext("Preparing the model for this CPU"), "loading": gettext("Loading the model"),
+            "ready": gettext("Ready"), "failed": gettext("The model could not be prepared")}
+
+
+def progress_amount(info: dict) -> str:
+    """'120 of 2,000 MB' or 'step 3 of 7' for the start's progress, '' where unknown."""
+    done, total = info.get("done"), info.get("total")
+    if done is None or not total:
+        return ""
+    if info.get("unit") == "bytes":
+        return gettext("%(done)s of %(total)s MB", done=done // 2**20, total=total // 2**20)
+    return gettext("step %(done)s of %(total)s", done=done + 1, total=total)
+
+
 def _page_strings() -> dict:
     """Translated strings the page scripts need."""
-    return {"tiles": tile_labels(), "thinking": gettext("Thinking…"), "you": gettext("You"),
+    return {"startup_phases": phase_labels(), "startup_mb_of": gettext("%(done)s of %(total)s MB"),
+            "startup_mb": gettext("%(done)s MB"), "startup_step_of": gettext("step %(done)s of %(total)s"),
+            "startup_ready": gettext("The model is ready."),
+            "startup_hint": gettext("Answers will be available when this is done; this notice updates itself."),
+            "startup_failed_hint": gettext("Fix the cause shown here (see also the server log), then restart "
+                                           "the server."),
+            "tiles": tile_labels(), "thinking": gettext("Thinking…"), "you": gettext("You"),
             "assistant": gettext("Assistant"), "network": gettext("The connection was lost. Please try again."),
             "stopped": gettext("Stopped. This answer is not kept in the conversation."),
             "working": gettext("Working…"), "prep_sending": gettext("Sending the image…"),
@@ -190,7 +216,8 @@ def render_chat(conv: Conversation, errors: dict | None = None, form: dict | Non
                for i, t in enumerate(conv.turns)]
     return render_template("chat.html", entries=entries, errors=errors or {}, form=form,
                            tiles=_tiles_value(form), strings=_page_strings(), settings=state().settings,
-                           has_image=service.latest_image(conv) is not None, info=state().info())
+                           has_image=service.latest_image(conv) is not None, info=state().info(),
+                           phase_labels=phase_labels())
 
 
 def render_ground(report: dict | None, errors: dict | None = None, form: dict | None = None) -> str:
@@ -199,7 +226,8 @@ def render_ground(report: dict | None, errors: dict | None = None, form: dict | 
     if report is not None and not form:
         form = {"phrases": ", ".join(report.get("phrases", [])), "detect_all": report.get("detect_all")}
     return render_template("ground.html", report=report, errors=errors or {}, form=form,
-                           tiles=_tiles_value(form), strings=_page_strings(), settings=state().settings)
+                           tiles=_tiles_value(form), strings=_page_strings(), settings=state().settings,
+                           info=state().info(), phase_labels=phase_labels())
 
 
 # endpoint -> render(field, message): the form page again, the values kept, the message by its field

@@ -9,6 +9,10 @@ from webapp.metrics import Metrics
 from webapp.settings import WebSettings
 from webapp.store import ResultStore, SessionStore
 
+# What a start goes through, as /health reports it: the export's phases (export/progress.py), then the engine's.
+PHASES = ("starting", "downloading", "converting", "exporting", "loading", "ready", "failed")
+ENGINE_PHASES = {"loading": "loading", "ready": "ready", "error": "failed"}
+
 
 @dataclass
 class AppState:
@@ -19,22 +23,29 @@ class AppState:
     sessions: SessionStore
     results: ResultStore
     metrics: Metrics
+    startup: object = None  # webapp.firststart.FirstStart while the model is exported, else None
 
     @classmethod
-    def build(cls, settings: WebSettings, engine) -> "AppState":
+    def build(cls, settings: WebSettings, engine, startup=None) -> "AppState":
         """Create the stores and metrics the settings ask for."""
         mb = 2**20
         sessions = SessionStore(settings.session_ttl_s, settings.max_sessions, settings.session_store_mb * mb)
         results = ResultStore(settings.result_ttl_s, settings.max_results, settings.result_store_mb * mb)
         metrics = Metrics(queue_depth=lambda: _queue_depth(engine), recent=settings.recent_requests)
-        return cls(settings, engine, sessions, results, metrics)
+        return cls(settings, engine, sessions, results, metrics, startup)
 
     def info(self) -> dict:
-        """engine.info(), never raising (a broken engine reads as state "error")."""
+        """engine.info() with the first start's phase and progress over it while that runs, never raising
+        (a broken engine reads as state "error"). `phase` is one of PHASES."""
         try:
-            return dict(self.engine.info())
+            info = dict(self.engine.info())
         except Exception as e:  # the status page and /health must answer even then
-            return {"state": "error", "error": str(e) or type(e).__name__, "progress": ""}
+            info = {"state": "error", "error": str(e) or type(e).__name__, "progress": ""}
+        first = self.startup.info() if self.startup is not None else None
+        if first is not None:
+            info.update(first)
+        info.setdefault("phase", ENGINE_PHASES.get(info.get("state"), "loading"))
+        return info
 
     def max_new_tokens(self) -> int:
         """The largest max_new_tokens a client may ask for: MAX_NEW_TOKENS_LIMIT, or the engine's own cap
