@@ -5,6 +5,7 @@ import logging
 from pathlib import Path
 
 from flask import Flask, request, session
+from flask.json.provider import DefaultJSONProvider
 from flask_babel import Babel, get_locale
 
 from webapp import errors, ratelimit, security
@@ -14,6 +15,19 @@ from webapp.state import AppState
 LANGUAGES = {"en": "English", "ru": "Русский"}
 HERE = Path(__file__).parent
 log = logging.getLogger(__name__)
+
+
+class JSONProvider(DefaultJSONProvider):
+    """Flask's JSON, with a body nested too deeply for the parser read as invalid JSON (a 400), not a 500."""
+
+    sort_keys = False  # keep the documented field order in answers
+
+    def loads(self, s, **kwargs):
+        """json.loads; RecursionError becomes the ValueError Flask answers as a bad request."""
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
 
 def select_locale() -> str:
@@ -43,6 +57,7 @@ def create_app(settings: WebSettings | None = None, engine=None) -> Flask:
     if engine is None:
         engine, startup = default_engine()
     app = Flask(__name__)
+    app.json = JSONProvider(app)
     body_limit = settings.max_upload_bytes * 4 // 3 + 2**20  # base64 in JSON is a third bigger
     app.config.update(
         DEBUG=False,  # never the debugger in serving, whatever FLASK_DEBUG says
@@ -54,12 +69,11 @@ def create_app(settings: WebSettings | None = None, engine=None) -> Flask:
         BABEL_DEFAULT_LOCALE="en",
         BABEL_TRANSLATION_DIRECTORIES=str(HERE / "translations"),
     )
-    app.json.sort_keys = False  # keep the documented field order in answers
     Babel(app, locale_selector=select_locale)
     app.extensions["webapp"] = AppState.build(settings, engine, startup)
     app.jinja_env.globals.update(LANGUAGES=LANGUAGES, get_locale=get_locale)
     errors.register(app)
-    security.register(app)
+    security.register(app, settings.trusted_proxies)
     ratelimit.install(app, settings)
 
     from webapp import api, pages  # noqa: E402  (blueprints import this package's helpers)

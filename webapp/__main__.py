@@ -6,6 +6,7 @@ The server listens at once; the model is exported if needed and loaded in the ba
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -30,6 +31,37 @@ def check_threads(settings: WebSettings, engine_info: dict) -> None:
         log.warning("WEB_THREADS=%d is not above MAX_QUEUE + CONCURRENCY = %d: under load, health checks and "
                     "downloads wait behind generations; raise WEB_THREADS or lower MAX_QUEUE",
                     settings.threads, held)
+
+
+def waitress_options(app, settings: WebSettings) -> dict:
+    """How waitress serves the app: address, threads, and the same body limit as the app's own."""
+    return dict(host=settings.host, port=settings.port, threads=settings.threads,
+                # the app's own limit: bodies above it are refused by waitress before they are read (in the
+                # same JSON error shape, see json_errors_from_waitress)
+                max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
+                channel_request_lookahead=1,  # lets a streaming answer notice that its client went away
+                ident="internvl-webapp")
+
+
+def json_errors_from_waitress(settings: WebSettings) -> None:
+    """Answer the errors waitress raises itself, before the app sees a request (a body over the hard limit,
+    a malformed request line or header), in the app's one JSON error shape instead of plain text."""
+    from waitress import utilities
+
+    from webapp.errors import error_body
+
+    messages = {413: f"The request body is too large (uploads up to {settings.max_upload_mb} MB).",
+                431: "The request headers are too large.", 400: "The request could not be understood."}
+
+    def to_response(error, ident=None):
+        code = {413: "input_too_large", 431: "headers_too_large"}.get(error.code, "bad_request")
+        if error.code >= 500:
+            code = "internal_error"
+        message = messages.get(error.code, error.reason)
+        body = json.dumps(error_body(code, message, error.code)).encode()
+        return f"{error.code} {error.reason}", [("Content-Type", "application/json")], body
+
+    utilities.Error.to_response = to_response
 
 
 def stop_on_signal(app) -> None:
@@ -83,13 +115,11 @@ def main(argv=None) -> int:
         log.error("invalid setting: %s", exc)
         return 2
     stop_on_signal(app)
+    json_errors_from_waitress(settings)
     check_threads(settings, app.extensions["webapp"].info())
     log.info("serving on http://%s:%d", settings.host, settings.port)
     try:
-        serve(app, host=settings.host, port=settings.port, threads=settings.threads,
-              max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
-              channel_request_lookahead=1,  # lets a streaming answer notice that its client went away
-              ident="internvl-webapp")
+        serve(app, **waitress_options(app, settings))
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
         return 1

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http.client
 import io
 import ipaddress
 import socket
-import urllib.error
+import ssl
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 
 from flask import request
@@ -130,27 +130,70 @@ def _from_data_url(url: str, name: str) -> bytes:
     return urllib.parse.unquote_to_bytes(body)
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # a redirect could lead to an internal address
-        return None
+def address_allowed(address: str) -> bool:
+    """True for a public (globally routable) address: never loopback, private, link-local or reserved."""
+    return ipaddress.ip_address(address.split("%")[0]).is_global
+
+
+def resolve_public(host: str, port: int, name: str) -> str:
+    """Resolve host once and return the address to connect to; refuse when any of its addresses is not
+    public (a name that resolves to both is refused too)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OSError):
+        raise RemoteImageRefused(_l("The image URL's host could not be found."), field=name) from None
+    addresses = [info[4][0] for info in infos]
+    if not addresses or not all(address_allowed(a) for a in addresses):
+        raise RemoteImageRefused(_l("The image URL points to a private address."), field=name)
+    return addresses[0]
+
+
+class _PinnedHTTP(http.client.HTTPConnection):
+    """An HTTP connection to an address that was checked, not to whatever the name resolves to now."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float):
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self):
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    """HTTPS to a checked address; the certificate is still verified for the URL's host name."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float):
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self.address = address
+
+    def connect(self):
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
 def fetch_remote(url: str, settings: WebSettings, name: str = "image") -> bytes:
-    """GET a public http(s) URL with a time and size limit; refuses private addresses and redirects."""
-    host = urllib.parse.urlsplit(url).hostname or ""
+    """GET a public http(s) URL with a time and size limit. The host is resolved once, every address it has
+    must be public, and the connection goes to the address that was checked (no second lookup that DNS
+    rebinding could answer differently); redirects are refused (they could lead to an internal address)."""
+    parts = urllib.parse.urlsplit(url)
+    https = parts.scheme.lower() == "https"
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
-    except (socket.gaierror, UnicodeError):
-        raise RemoteImageRefused(_l("The image URL's host could not be found."), field=name) from None
-    if not addresses or not all(ipaddress.ip_address(a.split("%")[0]).is_global for a in addresses):
-        raise RemoteImageRefused(_l("The image URL points to a private address."), field=name)
-    opener = urllib.request.build_opener(_NoRedirect)
-    req = urllib.request.Request(url, headers={"User-Agent": "internvl-webapp"})
-    try:
-        with opener.open(req, timeout=settings.remote_timeout_s) as resp:
-            data = resp.read(settings.max_upload_bytes + 1)
-    except (urllib.error.URLError, OSError, ValueError):
+        port = parts.port or (443 if https else 80)
+    except ValueError:
         raise RemoteImageRefused(_l("The image could not be downloaded from its URL."), field=name) from None
+    address = resolve_public(parts.hostname or "", port, name)
+    conn = (_PinnedHTTPS if https else _PinnedHTTP)(parts.hostname, port, address, settings.remote_timeout_s)
+    target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    try:
+        conn.request("GET", target, headers={"User-Agent": "internvl-webapp"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise RemoteImageRefused(_l("The image could not be downloaded from its URL."), field=name)
+        data = resp.read(settings.max_upload_bytes + 1)
+    except (http.client.HTTPException, OSError, ValueError):
+        raise RemoteImageRefused(_l("The image could not be downloaded from its URL."), field=name) from None
+    finally:
+        conn.close()
     if len(data) > settings.max_upload_bytes:
         raise InputTooLarge(_l("The image is larger than %(mb)d MB.", mb=settings.max_upload_mb), field=name)
     return data

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from flask import Blueprint, g, jsonify, redirect, render_template, request, session, url_for
 from flask_babel import gettext, ngettext
@@ -13,7 +13,7 @@ from webapp import LANGUAGES, prepared, service
 from webapp.errors import NotFound
 from webapp.inputs import read_bool, read_choice, read_payload, read_phrases, read_text
 from webapp.openapi import openapi_spec
-from webapp.security import check_csrf
+from webapp.security import check_csrf, key_matches, page_fingerprint
 from webapp.sse import reply_job
 from webapp.state import state
 from webapp.store import Conversation, new_id
@@ -125,17 +125,42 @@ def docs_page():
     return render_template("docs.html", spec=openapi_spec(state().settings))
 
 
+@bp.get("/login")
+def login():
+    """Where the API key is entered once when API_KEY protects the pages."""
+    return render_template("login.html", next=local_target(request.args.get("next", "")) or "", error=None)
+
+
+@bp.post("/login")
+def login_post():
+    """Check the key (wrong ones are throttled per address); remember it in the session and go back."""
+    target = local_target(request.form.get("next", "")) or url_for(".chat_page")
+    settings = state().settings
+    if not settings.api_key or key_matches(request.form.get("api_key", "")):
+        session["auth"] = page_fingerprint() if settings.api_key else ""
+        return redirect(target, 303)
+    error = gettext("This is not the right key.")
+    return render_template("login.html", next=target, error=error), 401
+
+
 @bp.get("/lang/<code>")
 def set_language(code: str):
     """Remember the chosen language in the session and go back to the page."""
     if code not in LANGUAGES:
         raise NotFound(gettext("Unknown language."))
     session["lang"] = code
-    target = request.args.get("next", "")
+    return redirect(local_target(request.args.get("next", "")) or url_for(".chat_page"), 303)
+
+
+def local_target(target: str) -> str | None:
+    """target when it is a path on this site, made safe for a Location header, else None: no other host
+    ("//x", "/\\x", "http:"), no control characters (header injection, or a 500); other characters quoted."""
+    if not target.startswith("/") or any(c < " " or c in "\\\x7f" for c in target):
+        return None
     parts = urlsplit(target)
-    if not target.startswith("/") or target.startswith("//") or parts.scheme or parts.netloc:
-        target = url_for(".chat_page")
-    return redirect(target, 303)
+    if target.startswith("//") or parts.scheme or parts.netloc:
+        return None
+    return quote(target, safe="/?&=%#:@!$'()*+,;~")
 
 
 def _conversation() -> Conversation | None:
@@ -195,7 +220,9 @@ def progress_amount(info: dict) -> str:
 
 def _page_strings() -> dict:
     """Translated strings the page scripts need."""
-    return {"startup_phases": phase_labels(), "startup_mb_of": gettext("%(done)s of %(total)s MB"),
+    return {"too_large": gettext("The upload is too large (the limit is %(mb)d MB).",
+                                 mb=state().settings.max_upload_mb),
+            "startup_phases": phase_labels(), "startup_mb_of": gettext("%(done)s of %(total)s MB"),
             "startup_mb": gettext("%(done)s MB"), "startup_step_of": gettext("step %(done)s of %(total)s"),
             "startup_ready": gettext("The model is ready."),
             "startup_hint": gettext("Answers will be available when this is done; this notice updates itself."),
@@ -235,4 +262,6 @@ FORM_ERRORS = {
     "pages.chat_post": lambda field, message: render_chat(_conversation() or Conversation(id=""),
                                                           {field: message}, g.get("form", {})),
     "pages.ground_post": lambda field, message: render_ground(None, {field: message}, g.get("form", {})),
+    "pages.login_post": lambda field, message: render_template(
+        "login.html", next=local_target(request.form.get("next", "")) or "", error=message),
 }

@@ -79,7 +79,12 @@ class WebSettings:
     result_store_mb: int = setting("RESULT_STORE_MB", 256)  # memory for kept grounding downloads
     allow_remote_images: bool = setting("ALLOW_REMOTE_IMAGES", False)  # let clients pass http(s) image URLs (1 = yes)
     remote_timeout_s: float = setting("REMOTE_IMAGE_TIMEOUT_S", 10.0)  # time limit for fetching a remote image
-    api_key: str = setting("API_KEY", "")  # when set, /api and /v1 need "Authorization: Bearer <key>" or "X-API-Key"
+    # when set, /api and /v1 need "Authorization: Bearer <key>" or "X-API-Key", and the pages ask for it once
+    api_key: str = setting("API_KEY", "")
+    # with API_KEY set, leave the pages open to anyone (they run the model too: only on a trusted network)
+    public_pages: bool = setting("PUBLIC_PAGES", False)
+    # reverse proxies in front whose X-Forwarded-For / -Proto are believed (real client address, Secure cookie)
+    trusted_proxies: int = setting("TRUSTED_PROXIES", 0)
     recent_requests: int = setting("RECENT_REQUESTS", 20)  # timings of this many recent requests shown on /status
     # requests per client address on /api and /v1, e.g. "60/minute" ("" = off)
     rate_limit: str = setting("RATE_LIMIT", "")
@@ -104,6 +109,8 @@ class WebSettings:
                      "max_sessions", "session_store_mb", "result_ttl_s", "max_results", "result_store_mb"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.trusted_proxies <= 10:
+            raise ValueError(f"TRUSTED_PROXIES must be between 0 and 10, got {self.trusted_proxies}")
         if self.rate_limit and not RATE_RE.fullmatch(self.rate_limit):
             raise ValueError(f'RATE_LIMIT must look like "60/minute" or "10/second; 200/hour", got {self.rate_limit!r}')
 

@@ -24,6 +24,7 @@ class AppState:
     results: ResultStore
     metrics: Metrics
     startup: object = None  # webapp.firststart.FirstStart while the model is exported, else None
+    auth_failures: object = None  # webapp.security.FailureThrottle: wrong API keys per client address
 
     @classmethod
     def build(cls, settings: WebSettings, engine, startup=None) -> "AppState":

@@ -11,9 +11,18 @@
     var input = zone.querySelector("input[type=file]");
     var preview = zone.querySelector("img.preview");
     var url = null;
+    var error = zone.querySelector(".field-error");
+    var maxBytes = Number(zone.getAttribute("data-max-bytes")) || Infinity;
+    // A file over the server's limit is refused here, next to the field: sent, it would only be cut off
+    // mid-upload ("connection lost") or answered by a bare error page.
     function show() {
       if (url) { URL.revokeObjectURL(url); url = null; }
       var file = input.files && input.files[0];
+      var refused = Boolean(file && file.size > maxBytes);
+      if (refused) {
+        input.value = "";
+        file = null;
+      }
       if (!file) {
         preview.hidden = true;
         preview.removeAttribute("src");
@@ -23,6 +32,10 @@
         preview.hidden = false;
       }
       zone.dispatchEvent(new CustomEvent("imagechange"));  // prepare.js sends it ahead
+      if (refused && error) {  // after prepare.js has reset the field's state
+        error.textContent = strings().too_large || "";
+        error.hidden = false;
+      }
     }
     input.addEventListener("change", show);
     zone.addEventListener("dragover", function (e) { e.preventDefault(); zone.classList.add("over"); });
