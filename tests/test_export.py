@@ -153,7 +153,8 @@ def test_plain_folder_in_cache_is_used_offline(tmp_path, tiny_native_dir):
     assert manifest["source"]["format"] == "native" and manifest["precision"]["lm"] == "fp16"
 
 
-def test_hub_cache_layout_is_used_offline(tmp_path, tiny_native_dir):
+def test_hub_cache_layout_is_used_offline(tmp_path, tiny_native_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # resolve_source turns it on for its process: undone after the test
     repo = tmp_path / "models--OpenGVLab--InternVL3_5-1B-HF"
     shutil.copytree(tiny_native_dir, repo / "snapshots" / "abc123")
     (repo / "refs").mkdir()

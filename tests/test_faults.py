@@ -76,23 +76,37 @@ def test_damaged_export_is_reported_not_raised(cache_copy, damage):
         engine.chat([Turn("user", "hi")])
 
 
-def test_server_with_a_truncated_export_says_why_and_keeps_running(cache_copy, tmp_path, make_png):
+def test_server_rebuilds_a_truncated_export_at_its_first_start(cache_copy, tmp_path, make_png):
+    """A damaged export (a truncated weight file) is found against its manifest when the server starts and
+    exported again while the server already answers (503 with the phase), then served; no crash, no loop."""
     cache, folder = cache_copy
     _truncate(folder / "openvino_language_model.bin")
     with ServerProcess(cache, tmp_path / "server.log") as server:
-        resp = server.wait_health(want=503, timeout=60)
-        body = resp.json()
-        assert body["status"] == "error" and "truncated" in body["error"] and "make export" in body["error"]
-        assert resp.headers["Retry-After"]
+        first = _first_health(server.url)
+        assert first.status_code == 503 and first.json()["status"] == "loading" and first.headers["Retry-After"]
         chat = requests.post(f"{server.url}/api/v1/chat", files={"image": ("a.png", make_png())},
                              data={"question": "hi"}, timeout=10)
-        assert chat.status_code == 503 and chat.json()["error"]["code"] == "model_not_ready"
-        assert "truncated" in chat.json()["error"]["message"] and chat.headers["Retry-After"]
-        assert "truncated" in requests.get(f"{server.url}/status", timeout=10).text
-        time.sleep(1.0)
-        assert server.alive()  # it waits for a fixed export instead of crashing (and restarting) in a loop
+        assert chat.status_code in (200, 503)  # still exporting, or already done on a fast machine
+        if chat.status_code == 503:
+            assert chat.json()["error"]["code"] == "model_not_ready" and chat.headers["Retry-After"]
+        server.wait_health(timeout=300)
+        resp = requests.post(f"{server.url}/api/v1/chat", files={"image": ("a.png", make_png())},
+                             data={"question": "hi", "max_new_tokens": 4}, timeout=60)
+        assert resp.status_code == 200, resp.text
         log = server.log()
-    assert "engine failed to load" in log and "openvino_language_model.bin" in log and "Traceback" not in log
+    assert "exporting" in log and "Traceback" not in log
+
+
+def _first_health(url: str, timeout: float = 60.0) -> requests.Response:
+    """The first answer of /health once the server listens."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return requests.get(f"{url}/health", timeout=5)
+        except requests.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def test_server_starts_with_unwritable_secret_and_compiled_cache(cache_copy, tmp_path, make_png):

@@ -62,7 +62,8 @@ class ServerProcess:
         self.log_path = Path(log_path)
         self.env = {**os.environ, "MODEL_NAME": TINY, "EXPORT_PRECISION": "int8", "HF_CACHE_DIR": str(cache),
                     "HOST": LOOPBACK, "PORT": str(self.port), "SECRET_KEY": "load-test-secret",
-                    "OV_CACHE_DIR": "off", "PYTHONUNBUFFERED": "1"}
+                    "OV_CACHE_DIR": "off", "PYTHONUNBUFFERED": "1",
+                    "ENV_FILE": os.devnull}  # a developer's ./.env must not change the server under test
         self.env.update({k: str(v) for k, v in env.items()})
         self.proc: subprocess.Popen | None = None
 
