@@ -26,6 +26,26 @@ def test_mixed_load_holds(model_cache):
     assert summary["logged_internal_errors"] == 0
 
 
+HOSTILE_RSS_MB = 1500  # the tiny model's server with every store at its default byte budget stays under this
+
+
+def test_hostile_clients_beside_ordinary_ones(model_cache):
+    """2 hostile clients (load/hostile.py: nested JSON, markup in questions and phrases, bodies over the hard
+    limit, 36-MP images to prepare, bad images, redirect injection...) beside 3 ordinary ones: no 5xx but
+    deliberate 503s, nothing lost, every ordinary answer right, and the server's memory within its bound."""
+    from load.hostile import HOSTILE
+
+    summary = run_load(model_cache, clients=3, per_client=15, name="load-hostile", hostile=2,
+                       mix=Mix(retry_pause_s=0.3), MAX_QUEUE=4)
+    print(table(summary), summary["rss_mb"])
+    assert not load_failures(summary)
+    assert summary["sent"] == 75 and summary["logged_internal_errors"] == 0
+    assert all(s == "503" or not s.startswith("5") for s in summary["statuses"]), summary["statuses"]
+    hostile_kinds = set(summary["kinds"]) & set(HOSTILE)
+    assert len(hostile_kinds) >= 4  # the classes were really sent
+    assert summary["rss_mb"]["peak"] < HOSTILE_RSS_MB, summary["rss_mb"]
+
+
 def test_rate_limited_load_holds(model_cache):
     """With RATE_LIMIT on, the requests past the budget get a deliberate 429 with Retry-After; none is lost."""
     pytest.importorskip("flask_limiter")

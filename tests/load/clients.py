@@ -365,13 +365,18 @@ class Client:
 
 
 def run_clients(url: str, clients: int, requests_per_client: int, mix: Mix | None = None, seed: int = 0,
-                on_done=None) -> tuple[list[Record], float]:
-    """Run the clients concurrently to the end; returns (records, wall seconds)."""
+                on_done=None, hostile: int = 0) -> tuple[list[Record], float]:
+    """Run the clients (and `hostile` hostile ones beside them, load/hostile.py) concurrently to the end;
+    returns (records, wall seconds)."""
+    from load.hostile import HostileClient
+
     mix = mix or Mix()
     records: list[Record] = []
     lock = threading.Lock()
-    workers = [threading.Thread(target=Client(url, mix, seed * 1000 + i, records, lock).run,
-                                args=(requests_per_client, on_done), name=f"client-{i}") for i in range(clients)]
+    people = [Client(url, mix, seed * 1000 + i, records, lock) for i in range(clients)]
+    people += [HostileClient(url, mix, seed * 1000 + 500 + i, records, lock) for i in range(hostile)]
+    workers = [threading.Thread(target=c.run, args=(requests_per_client, on_done), name=f"client-{i}")
+               for i, c in enumerate(people)]
     t0 = time.perf_counter()
     for w in workers:
         w.start()
