@@ -272,10 +272,12 @@ def compare(out: Outputs, ref: Outputs) -> dict:
 def vision_key(folder: Path, setting: Setting) -> tuple:
     """Identifies the vision features a setting computes: the vision files' hashes and the plugin config
     (int4 exports carry the same int8 vision model as int8 exports)."""
+    from runtime.manifest import read_manifest
+
+    manifest = read_manifest(folder)
     try:
-        files = json.loads((folder / "manifest.json").read_text())["files"]
-        digest = tuple(files[PARTS["vision"] + ext]["sha256"] for ext in (".xml", ".bin"))
-    except (OSError, ValueError, KeyError):
+        digest = tuple(manifest.files[PARTS["vision"] + ext]["sha256"] for ext in (".xml", ".bin"))
+    except (AttributeError, KeyError, TypeError):  # no manifest, or one without hashes
         digest = (str(folder),)
     return digest, tuple(sorted(setting.plugin_config(False).items()))
 

@@ -163,9 +163,9 @@ class TransformersSubject:
 
 def native_dir_of(export_dir: Path) -> Path:
     """The native checkpoint recorded in an export's manifest (source.native_dir)."""
-    import json
+    from runtime.manifest import read_manifest
 
-    return Path(json.loads((Path(export_dir) / "manifest.json").read_text())["source"]["native_dir"])
+    return read_manifest(export_dir).native_dir
 
 
 def median(values: list[float]) -> float | None:

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from importlib import metadata
 from pathlib import Path
 
-MANIFEST = "manifest.json"
+from runtime import manifest as runtime_manifest
+from runtime.manifest import MANIFEST
 LIBRARIES = ("openvino", "openvino-genai", "openvino-tokenizers", "nncf", "optimum-intel", "transformers", "torch",
              "onnx", "onnxruntime")
 SCHEMA = 1
@@ -44,11 +44,9 @@ def build_manifest(folder: Path, inputs: dict, formats: list, source: dict, part
 
 
 def read_manifest(folder: Path) -> dict | None:
-    """The manifest of folder, or None when absent or unreadable."""
-    try:
-        return json.loads((folder / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    """The manifest of folder as a dict, or None when absent or unreadable (runtime/manifest.py reads it)."""
+    manifest = runtime_manifest.read_manifest(folder)
+    return manifest.raw if manifest is not None else None
 
 
 def is_complete(folder: Path, inputs: dict, formats=(), check_hashes: bool = False) -> bool:

@@ -3,21 +3,21 @@ CPU (the reference the tests compare against). The only module of the runtime th
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import numpy as np
 
 from runtime.backends.base import KVSnapshot
 from runtime.errors import ArtifactsMissing
+from runtime.manifest import read_manifest
 
 
 def native_checkpoint(export_dir: Path) -> Path:
     """The native-format checkpoint an export was made from (recorded in its manifest)."""
-    try:
-        folder = Path(json.loads((export_dir / "manifest.json").read_text())["source"]["native_dir"])
-    except (OSError, ValueError, KeyError):
-        raise ArtifactsMissing(f"{export_dir} has no readable manifest.json: run `make export`") from None
+    manifest = read_manifest(export_dir)
+    folder = manifest.native_dir if manifest is not None else None
+    if folder is None:
+        raise ArtifactsMissing(f"{export_dir} has no readable manifest.json: run `make export`")
     if not (folder / "config.json").is_file():
         raise ArtifactsMissing(f"the checkpoint {folder} named in the manifest is gone: run `make export`")
     return folder
