@@ -1,64 +1,164 @@
-"""Bounded least-recently-used caches: image embeddings by content, KV prefixes by token sequence."""
+"""Bounded least-recently-used maps: one generic store (bytes, count, age, a share per owner), the image
+embedding and KV-prefix caches built on it."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from runtime.backends.base import KVSnapshot
 
 
-class LRUBytes:
-    """A thread-safe LRU mapping whose values have a size in bytes; the oldest go first past max_bytes."""
+@dataclass
+class _Entry:
+    value: Any
+    nbytes: int
+    owner: str
+    stamp: float  # when last stored or touched, by the store's clock
 
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
-        self._lock = threading.Lock()
+
+class BoundedLRU:
+    """A thread-safe LRU map bounded in bytes, in entries and in age, shared fairly between owners (clients).
+
+    Each owner may hold at most `share` of the bytes and of the entries; past that its own least recently used
+    entries go first. Past the store's bounds the entries of whoever holds the most go first, so nobody's
+    entries are pushed out to let another owner grow beyond what they hold. The entry just stored is always
+    kept (alone, when it is larger than the bounds). `on_evict(key, value)` hears of every entry dropped by
+    the bounds or by age (not of pop or replacement), under the store's lock: keep it short.
+    """
+
+    def __init__(self, max_bytes: int, max_items: int | None = None, ttl_s: float | None = None,
+                 share: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 on_evict: Callable[[Any, Any], None] | None = None):
+        assert 0 < share <= 1, share
+        self.max_bytes, self.max_items, self.ttl_s, self.clock = max_bytes, max_items, ttl_s, clock
+        self.owner_max_bytes = int(max_bytes * share)
+        self.owner_max_items = max(1, int(max_items * share)) if max_items else None
+        self.on_evict = on_evict
         self.bytes = 0
+        self._items: OrderedDict[Any, _Entry] = OrderedDict()  # least recently used first
+        self._owners: dict[str, OrderedDict[Any, None]] = {}  # each owner's keys, least recently used first
+        self._owner_bytes: dict[str, int] = {}
+        self._lock = threading.Lock()
 
-    def get(self, key):
-        """The value for key (and mark it recently used), or None."""
+    def get(self, key, touch: bool = True):
+        """The value for key, or None when absent or expired; `touch` marks it recently used (and restarts
+        its time to live)."""
         with self._lock:
-            item = self._items.get(key)
-            if item is None:
+            self._expire()
+            entry = self._items.get(key)
+            if entry is None:
                 return None
-            self._items.move_to_end(key)
-            return item[0]
+            if touch:
+                entry.stamp = self.clock()
+                self._items.move_to_end(key)
+                self._owners[entry.owner].move_to_end(key)
+            return entry.value
 
-    def put(self, key, value, nbytes: int) -> None:
-        """Store value; evict the least recently used until the total fits (a value larger than all is dropped)."""
+    def put(self, key, value, nbytes: int, owner: str = "") -> None:
+        """Store value (replacing any under key), then drop what the bounds and the owners' shares say."""
         with self._lock:
             if key in self._items:
-                self.bytes -= self._items.pop(key)[1]
-            if nbytes > self.max_bytes:
-                return
-            self._items[key] = (value, nbytes)
+                self._remove(key)
+            self._items[key] = _Entry(value, nbytes, owner, self.clock())
+            self._owners.setdefault(owner, OrderedDict())[key] = None
+            self._owner_bytes[owner] = self._owner_bytes.get(owner, 0) + nbytes
             self.bytes += nbytes
-            self._evict_to(self.max_bytes)
+            self._expire()
+            self._trim_owner(owner, keep=key)
+            self._trim(self.max_bytes, keep=key)
+
+    def pop(self, key):
+        """Remove key and return its value (None when absent)."""
+        with self._lock:
+            return self._remove(key).value if key in self._items else None
 
     def make_room(self, nbytes: int) -> None:
-        """Evict the least recently used until nbytes more would fit (before building a value that large)."""
+        """Drop entries until nbytes more would fit (before building a value that large)."""
         with self._lock:
-            self._evict_to(self.max_bytes - nbytes)
-
-    def _evict_to(self, limit: int) -> None:
-        """Drop the least recently used until the total is at most limit (hold the lock)."""
-        while self._items and self.bytes > limit:
-            _, (_, size) = self._items.popitem(last=False)
-            self.bytes -= size
+            self._trim(self.max_bytes - nbytes)
 
     def values(self) -> list:
-        """A snapshot of the stored values, most recent last."""
+        """A snapshot of the live values, most recent last."""
         with self._lock:
-            return [v for v, _ in self._items.values()]
+            self._expire()
+            return [e.value for e in self._items.values()]
+
+    def usage(self, owner: str) -> tuple[int, int]:
+        """(entries, bytes) held by owner."""
+        with self._lock:
+            self._expire()
+            return len(self._owners.get(owner, ())), self._owner_bytes.get(owner, 0)
 
     def __len__(self) -> int:
         with self._lock:
+            self._expire()
             return len(self._items)
+
+    # ---------------------------------------------------------------- internals (hold the lock)
+    def _remove(self, key) -> _Entry:
+        entry = self._items.pop(key)
+        keys = self._owners[entry.owner]
+        del keys[key]
+        self._owner_bytes[entry.owner] -= entry.nbytes
+        if not keys:
+            del self._owners[entry.owner], self._owner_bytes[entry.owner]
+        self.bytes -= entry.nbytes
+        return entry
+
+    def _evict(self, key) -> None:
+        entry = self._remove(key)
+        if self.on_evict is not None:
+            self.on_evict(key, entry.value)
+
+    def _expire(self) -> None:
+        """Drop entries idle past the time to live (the map is in stamp order: the oldest lead)."""
+        if self.ttl_s is None:
+            return
+        now = self.clock()
+        while self._items:
+            key, entry = next(iter(self._items.items()))
+            if now - entry.stamp <= self.ttl_s:
+                return
+            self._evict(key)
+
+    def _trim_owner(self, owner: str, keep) -> None:
+        """Drop owner's least recently used entries (never `keep`) until it is within its share."""
+        keys = self._owners[owner]
+        while len(keys) > 1 and (self._owner_bytes[owner] > self.owner_max_bytes
+                                 or (self.owner_max_items and len(keys) > self.owner_max_items)):
+            self._evict(next(k for k in keys if k != keep))
+
+    def _trim(self, max_bytes: int, keep=None) -> None:
+        """Drop the biggest holder's least recently used entries (never `keep`) until the store fits."""
+        while True:
+            by_count = self.max_items is not None and len(self._items) > self.max_items
+            if not by_count and self.bytes <= max_bytes:
+                return
+            held = (lambda o: len(self._owners[o])) if by_count else (lambda o: self._owner_bytes[o])
+            owners = [o for o in self._owners if any(k != keep for k in self._owners[o])]
+            if not owners:
+                return
+            victim = max(owners, key=held)
+            self._evict(next(k for k in self._owners[victim] if k != keep))
+
+
+class LRUBytes(BoundedLRU):
+    """A BoundedLRU of one owner bounded in bytes only, where a value larger than the whole bound is not kept."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(max_bytes)
+
+    def put(self, key, value, nbytes: int, owner: str = "") -> None:
+        """Store value, evicting the least recently used until the total fits (a value larger than all is dropped)."""
+        if nbytes > self.max_bytes:
+            self.pop(key)
+            return
+        super().put(key, value, nbytes, owner)
 
 
 @dataclass

@@ -11,8 +11,9 @@ from PIL import Image
 
 from runtime.errors import Busy, InvalidInput, ModelNotReady, RuntimeFailure
 from runtime.grounding import grounding_prompt, parse_boxes
-from runtime.prompts import describe_prompt
-from runtime.prepare import Preparer
+from runtime.manifest import read_manifest
+from runtime.prompts import ROLES, describe_prompt
+from runtime.prepare import ImageFile, Preparer
 from runtime.runner import Preempted, Runner, Slot
 from runtime.settings import BATCHED_CONCURRENCY, RuntimeSettings
 from runtime.types import Answer, CancelToken, GenerationOptions, GroundingResult, Turn
@@ -67,7 +68,8 @@ class Engine:
             self._slots = [Slot(backend.new_sequence(), np.zeros(0, np.int64)) for _ in range(slots)]
             self._free = threading.Semaphore(len(self._slots))
             self._capacity = len(self._slots)  # fixed: self._slots shrinks while slots are in use
-            self._preparer = Preparer(self, self.settings.max_prepared, self.settings.prepare_ttl_s)
+            self._preparer = Preparer(self, self.settings.max_prepared, self.settings.prepare_ttl_s,
+                                      self.settings.prepare_store_mb * 2**20, self.settings.client_share / 100)
             self._backend_info = {"backend": backend.name, "device": backend.device, **backend.info()}
             self.load_seconds = time.perf_counter() - t0
             self._state, self._progress = "ready", f"ready in {self.load_seconds:.1f} s"
@@ -93,22 +95,23 @@ class Engine:
                 "load_seconds": round(self.load_seconds, 2), "engine": self._backend_info}
 
     # ------------------------------------------------------------------ preparing images ahead of questions
-    def prepare(self, image: Image.Image, max_tiles: int | None = None) -> dict:
-        """Start preparing image in the background (encode, prefill its prompt prefix); returns its status."""
+    def prepare(self, image: Image.Image | ImageFile, max_tiles: int | None = None, owner: str = "") -> dict:
+        """Start preparing image in the background (encode, prefill its prompt prefix); returns its status.
+        An ImageFile is kept as its file, not as pixels; `owner` (a client) gets its share of the preparer."""
         if self._state != "ready":
             raise ModelNotReady(self._error or "The model is still loading, please retry shortly.")
         tiles = self._max_tiles(GenerationOptions(max_tiles=max_tiles))
-        job = self._ready_preparer().submit(image, tiles)
+        job = self._ready_preparer().submit(image, tiles, owner)
         return job.as_dict(0)
 
     def prepare_status(self, image_id: str) -> dict:
         """queued | encoding | ready (| failed | cancelled) with progress in tiles."""
         return self._ready_preparer().status(image_id)
 
-    def prepared_image(self, image_id: str) -> tuple[Image.Image, int]:
-        """The image and tile budget of a preparation, for requests that send image_id instead of a file."""
+    def prepared_image(self, image_id: str) -> tuple[Image.Image | ImageFile, int]:
+        """The image (as it was submitted) and tile budget of a preparation, for requests that send image_id."""
         job = self._ready_preparer().get(image_id)
-        return job.image, job.max_tiles
+        return job.source, job.max_tiles
 
     def cancel_prepare(self, image_id: str) -> None:
         """Drop a preparation that is no longer wanted."""
@@ -182,6 +185,8 @@ class Engine:
     def _check_dialog(self, turns: list[Turn]) -> None:
         if not turns or turns[-1].role != "user":
             raise InvalidInput("The dialog must end with a question.", field="question")
+        if any(t.role not in ROLES for t in turns):  # a role is written into the prompt's markup
+            raise InvalidInput("Each turn's role must be system, user or assistant.", field="question")
         if not turns[-1].text.strip():
             raise InvalidInput("Please type a question.", field="question")
         if sum(len(t.images) for t in turns) > MAX_IMAGES_PER_DIALOG:
@@ -244,11 +249,10 @@ def _cancelled_answer(queued: float) -> Answer:
 
 def _source_format(settings: RuntimeSettings) -> str:
     """'builtin', 'original' or 'native', from the export manifest when there is one."""
-    import json
-    try:
-        return json.loads((settings.export_dir / "manifest.json").read_text())["source"]["format"]
-    except (OSError, ValueError, KeyError):
-        return "builtin" if settings.model_name.startswith("builtin:") else "unknown"
+    manifest = read_manifest(settings.export_dir)
+    if manifest is not None:
+        return manifest.source_format
+    return "builtin" if settings.model_name.startswith("builtin:") else "unknown"
 
 
 def default_loader(settings: RuntimeSettings):

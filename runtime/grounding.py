@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 from runtime.errors import InvalidInput
+from runtime.prompts import fill
 from runtime.types import Box, GroundingResult
 
 NORM = 1000  # the model's coordinate range: 0..1000 of width and height
@@ -46,19 +48,26 @@ _TAG = re.compile(r"<[^<>]*>")
 
 
 def grounding_prompt(phrases: list[str], detect_all: bool = False) -> str:
-    """The question that makes InternVL answer with boxes: one phrase, several phrases, or everything."""
+    """The question that makes InternVL answer with boxes: one phrase, several phrases, or everything.
+
+    The `<ref>` tags are the runtime's markup; the phrases inside them are marked as user text.
+    """
     if detect_all:
         return DETECT_ALL_PROMPT
     cleaned = [p for p in (clean_phrase(p) for p in phrases) if p]
     if not cleaned:
         raise InvalidInput("Say what to look for: the phrase is empty.", field="phrases")
     if len(cleaned) == 1:
-        return ONE_PHRASE_PROMPT.format(cleaned[0])
-    return MANY_PHRASES_PROMPT.format(", ".join(f"<ref>{p}</ref>" for p in cleaned))
+        return fill(ONE_PHRASE_PROMPT, cleaned)
+    return fill(MANY_PHRASES_PROMPT.format(", ".join("<ref>{}</ref>" for _ in cleaned)), cleaned)
 
 
 def clean_phrase(phrase: str) -> str:
-    """A phrase on one line with no tag-like text (a `<|im_end|>` or `</ref>` would break the prompt)."""
+    """A phrase on one line with no tag-like text.
+
+    The phrase is encoded as plain text either way, but the model echoes it inside `<ref>...</ref>`, and
+    `parse_boxes` reads tags from text: a `<box>` typed in a phrase would come back as a box.
+    """
     return " ".join(_TAG.sub(" ", phrase).replace("<", " ").replace(">", " ").split())
 
 
@@ -221,6 +230,17 @@ def _finish(scan: _Scan) -> None:
 
 # ---------------------------------------------------------------- drawing
 
+# DejaVu Sans (runtime/fonts/LICENSE): Latin, Cyrillic, Greek and more. Pillow's built-in font has no
+# Cyrillic, so a Russian label would be drawn as empty rectangles.
+LABEL_FONT = Path(__file__).parent / "fonts" / "DejaVuSans.ttf"
+
+
+def label_font(size: int) -> ImageFont.FreeTypeFont:
+    """The font box labels are drawn in, at `size` pixels (a fresh object per drawing: ~0.3 ms, and no
+    FreeType face shared between the threads that draw)."""
+    return ImageFont.truetype(str(LABEL_FONT), size)
+
+
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
            (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40), (255, 225, 25))
 
@@ -230,7 +250,7 @@ def draw_boxes(img: Image.Image, boxes: list[Box]) -> Image.Image:
     out = img.convert("RGB") if img.mode != "RGB" else img.copy()
     draw = ImageDraw.Draw(out)
     line = max(1, round(max(out.size) / 250))
-    font = ImageFont.load_default(size=max(10, round(min(out.size) * 0.03)))
+    font = label_font(max(10, round(min(out.size) * 0.03)))
     colours: dict[str, tuple[int, int, int]] = {}
     for box in boxes:
         colour = colours.setdefault(box.label, PALETTE[len(colours) % len(PALETTE)])

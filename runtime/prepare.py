@@ -1,21 +1,55 @@
-"""Prepare images before the question is asked: encode and prefill at low priority, in the background."""
+"""Prepare images before the question is asked: encode and prefill at low priority, in the background.
+
+A preparation keeps the image as the file it was sent in (`ImageFile`), not as decoded pixels: a 50-megapixel
+upload is 150 MB decoded and a few MB as a JPEG. The pixels are decoded again, to the same values, by the one
+preparer thread while it encodes the image, and by whoever asks about the image later; what the encoding
+produces (embeddings, the KV of the prompt's start) lives in the runner's byte-bounded caches. A copy reduced
+to what the tiler needs would not do: the tiles are resized from the full picture, and resizing a reduced copy
+gives other pixels, so other answers (and another cache key than an upload of the same image).
+"""
 from __future__ import annotations
 
 import logging
 import secrets
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from PIL import Image
 
-from runtime.errors import InvalidInput
-from runtime.images import image_hash, num_tiles
+from runtime.cache import BoundedLRU
+from runtime.errors import InputTooLarge, InvalidInput
+from runtime.images import ImageLimits, image_hash, load_image, num_tiles
 from runtime.runner import Preempted
 
 log = logging.getLogger(__name__)
 IDLE_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image kept as the bytes of its file; decode() gives the same pixels as the first decoding did."""
+
+    data: bytes
+    width: int  # of the decoded (upright) image
+    height: int
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held: the file's size."""
+        return len(self.data)
+
+    def decode(self) -> Image.Image:
+        """The RGB pixels (this file was checked when it was first decoded, so its own size is the limit)."""
+        side, pixels = max(self.width, self.height), self.width * self.height
+        return load_image(self.data, ImageLimits(max_bytes=len(self.data), max_pixels=pixels, max_side=side))
+
+
+def held_bytes(image: Image.Image | ImageFile) -> int:
+    """Memory an image holds: the file's bytes, or the decoded pixels'."""
+    if isinstance(image, ImageFile):
+        return image.nbytes
+    return image.width * image.height * len(image.getbands())
 
 
 @dataclass
@@ -23,52 +57,78 @@ class PrepareJob:
     """One image being prepared for questions to come."""
 
     id: str
-    image: Image.Image
+    source: Image.Image | ImageFile  # as submitted: kept until the preparation expires
     max_tiles: int
     tiles: int  # tiles the image costs at max_tiles (thumbnail included)
-    key: tuple[str, int]  # (content hash, max_tiles): the encoding cache key
+    owner: str = ""  # who asked for it (a client), for its share of the preparer's memory
+    key: tuple[str, int] | None = None  # (content hash, max_tiles): the encoding cache key, once decoded
     state: str = "queued"  # queued | encoding | ready | failed | cancelled
     error: str | None = None
-    created: float = field(default_factory=time.time)
     seconds: float = 0.0  # time spent preparing
+    _pixels: Image.Image | None = field(default=None, repr=False)  # decoded while being prepared, then dropped
+
+    @property
+    def image(self) -> Image.Image:
+        """The decoded pixels (decoded on first use; held until release())."""
+        pixels = self._pixels  # read once: release() may run meanwhile in another thread
+        if pixels is None:
+            pixels = self.source.decode() if isinstance(self.source, ImageFile) else self.source
+            self.key = (image_hash(pixels), self.max_tiles)
+            self._pixels = pixels
+        return pixels
+
+    def release(self) -> None:
+        """Drop the decoded pixels (the source stays)."""
+        self._pixels = None
 
     def as_dict(self, tiles_done: int) -> dict:
         """Status for the API: state and progress in tiles."""
         done = self.tiles if self.state == "ready" else min(tiles_done, self.tiles)
         return {"image_id": self.id, "status": self.state, "tiles": self.tiles, "tiles_done": done,
                 "progress": round(done / self.tiles, 3) if self.tiles else 1.0, "max_tiles": self.max_tiles,
-                "width": self.image.width, "height": self.image.height, "error": self.error,
+                "width": self.source.width, "height": self.source.height, "error": self.error,
                 "seconds": round(self.seconds, 3)}
 
 
-class Preparer:
-    """A background worker that prepares queued images only while no request is waiting or running."""
+def _drop(_key, job: PrepareJob) -> None:
+    """An expired, evicted or cancelled job: stop it if it has not finished (the worker checks its state)
+    and let its pixels go (an encoding in progress holds its own reference)."""
+    if job.state in ("queued", "encoding"):
+        job.state = "cancelled"
+    job.release()
 
-    def __init__(self, engine, max_jobs: int = 256, ttl_s: float = 3600.0):
+
+class Preparer:
+    """A background worker that prepares queued images only while no request is waiting or running.
+
+    Its jobs are bounded in number, age and bytes (the files they keep), and each owner may hold at most
+    `share` of the bounds: past it, that owner's oldest preparations go first."""
+
+    def __init__(self, engine, max_jobs: int = 256, ttl_s: float = 3600.0, max_bytes: int = 256 * 2**20,
+                 share: float = 1.0):
         self.engine = engine
-        self.max_jobs, self.ttl_s = max_jobs, ttl_s
-        self.jobs: OrderedDict[str, PrepareJob] = OrderedDict()
+        self.jobs = BoundedLRU(max_bytes, max_jobs, ttl_s, share, on_evict=_drop)
         self.lock = threading.Condition()
-        self._seq = None  # the preparer's own KV sequence, so it never holds a request's slot
         self._thread = threading.Thread(target=self._work, name="image-preparer", daemon=True)
         self._thread.start()
 
-    def submit(self, image: Image.Image, max_tiles: int) -> PrepareJob:
-        """Queue image for preparation; returns its job at once."""
-        key = (image_hash(image), max_tiles)
+    def submit(self, image: Image.Image | ImageFile, max_tiles: int, owner: str = "") -> PrepareJob:
+        """Queue image for preparation; returns its job at once. InputTooLarge when the image alone holds
+        more than one owner may keep."""
+        nbytes = held_bytes(image)
+        if nbytes > self.jobs.owner_max_bytes:
+            raise InputTooLarge("This image is too large to be read ahead; send it with the question instead.",
+                                field="image")
         job = PrepareJob(secrets.token_urlsafe(12), image, max_tiles, num_tiles(image.width, image.height, max_tiles),
-                         key)
+                         owner)
+        self.jobs.put(job.id, job, nbytes, owner)
         with self.lock:
-            self.jobs[job.id] = job
-            self._expire()
             self.lock.notify_all()
         return job
 
     def get(self, image_id: str) -> PrepareJob:
         """The job named image_id; InvalidInput when unknown or expired."""
-        with self.lock:
-            self._expire()
-            job = self.jobs.get(image_id)
+        job = self.jobs.get(image_id, touch=False)  # an id lives PREPARE_TTL_S from its upload, used or not
         if job is None or job.state == "cancelled":
             raise InvalidInput("Unknown or expired image_id: upload the image again.", field="image_id")
         return job
@@ -80,17 +140,9 @@ class Preparer:
 
     def cancel(self, image_id: str) -> None:
         """Drop a preparation that is no longer wanted (queued ones never start; work done is kept)."""
-        with self.lock:
-            job = self.jobs.pop(image_id, None)
-        if job is not None and job.state in ("queued", "encoding"):
-            job.state = "cancelled"
-
-    def _expire(self) -> None:
-        now = time.time()
-        for job_id in [j.id for j in self.jobs.values() if now - j.created > self.ttl_s]:
-            self.jobs.pop(job_id)
-        while len(self.jobs) > self.max_jobs:
-            self.jobs.popitem(last=False)
+        job = self.jobs.pop(image_id)
+        if job is not None:
+            _drop(image_id, job)
 
     def _next(self) -> PrepareJob:
         with self.lock:
@@ -114,4 +166,6 @@ class Preparer:
             except Exception as exc:  # reported in the job's status, never fatal for the worker
                 log.exception("preparing image %s failed", job.id)
                 job.state, job.error = "failed", str(exc)
+            if job.state != "queued":  # a preempted job is taken up again first: it keeps its pixels till then
+                job.release()
             job.seconds += time.perf_counter() - t0

@@ -12,7 +12,7 @@ from runtime.backends.base import Backend, Sequence
 from runtime.cache import LRUBytes, PrefixCache, common_prefix
 from runtime.generate import decode
 from runtime.images import image_hash, preprocess
-from runtime.prompts import image_placeholder
+from runtime.prompts import ROLES, Prompt, image_placeholder
 from runtime.tokenizer import StreamDecoder, TextTokenizer
 from runtime.types import Answer, CancelToken, GenerationOptions, Timings, Turn
 
@@ -137,14 +137,25 @@ class Runner:
         """(ids, keys) of the ChatML prompt; keys equal ids except at image positions (the image's key)."""
         ids, keys = [], []
         for turn, images in zip(turns, encoded):
+            assert turn.role in ROLES, turn.role  # the engine refuses other roles: a role is markup
             head = f"<|im_start|>{turn.role}\n" + "".join(image_placeholder(e.tiles) + "\n" for e in images)
-            known = self.answers.get(turn.text) if turn.role == "assistant" else None
-            body = known if known is not None else self.tok.encode(turn.text)
+            body = self._known_answer(turn) or self.text_ids(turn.text)
             part = self.tok.encode(head) + list(body) + self.tok.encode("<|im_end|>\n")
             ids += part
             keys += self._keys(part, images)
         tail = self.tok.encode("<|im_start|>assistant\n")
         return np.array(ids + tail, dtype=np.int64), np.array(keys + tail, dtype=np.int64)
+
+    def _known_answer(self, turn: Turn) -> list[int] | None:
+        """The ids generated here for an assistant turn's text (so its KV is reused), unless they hold an added
+        token: a `<ref>` or a random model's `<IMG_CONTEXT>` sent back is user text like any other."""
+        known = self.answers.get(turn.text) if turn.role == "assistant" else None
+        return known if known is not None and self.tok.added.isdisjoint(known) else None
+
+    def text_ids(self, text: str) -> list[int]:
+        """Ids of a turn's text: all of it user text, except the runtime's own parts of a Prompt (its markup)."""
+        parts = text.parts if isinstance(text, Prompt) else ((text, True),)
+        return [i for part, users in parts for i in (self.tok.encode_text(part) if users else self.tok.encode(part))]
 
     def _keys(self, part: list[int], images: list[EncodedImage]) -> list[int]:
         keys = list(part)

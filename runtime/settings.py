@@ -10,6 +10,7 @@ from runtime.config import read_env, setting
 
 DEFAULT_MODEL = "OpenGVLab/InternVL3_5-1B"
 DEFAULT_PRECISION = "int8"  # the export built and served unless EXPORT_PRECISION says otherwise
+DEFAULT_CLIENT_SHARE = 25  # % of each store one client may hold (read by the runtime and the web app)
 
 
 def default_cache_dir() -> str:
@@ -65,6 +66,9 @@ class RuntimeSettings:
     kv_cache_mb: int = setting("KV_CACHE_MB", 128)  # memory for saved KV-cache prefixes (follow-ups, prepared images)
     max_prepared: int = setting("MAX_PREPARED", 256)  # prepared images remembered at once (oldest dropped first)
     prepare_ttl_s: int = setting("PREPARE_TTL_S", 3600)  # a prepared image's id expires after this many seconds
+    prepare_store_mb: int = setting("PREPARE_STORE_MB", 256)  # memory for the files of prepared images
+    # most of each store (prepared images here; conversations, downloads in the web app) one client may hold, in %
+    client_share: int = setting("CLIENT_SHARE_PERCENT", DEFAULT_CLIENT_SHARE)
 
     @classmethod
     def from_env(cls, **overrides) -> "RuntimeSettings":
@@ -83,6 +87,8 @@ class RuntimeSettings:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not 1 <= self.max_tiles <= 12:
             raise ValueError(f"MAX_TILES must be between 1 and 12, got {self.max_tiles}")
+        if not 1 <= self.client_share <= 100:
+            raise ValueError(f"CLIENT_SHARE_PERCENT must be between 1 and 100, got {self.client_share}")
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, int) and value < 0:

@@ -29,6 +29,10 @@ class TextTokenizer:
             raise ArtifactsMissing(f"{path} is missing: re-run the export")
         self.tok = Tokenizer.from_file(str(path))
         self.special = self._special_ids(folder)
+        self.added = frozenset(self.tok.get_added_tokens_decoder())  # ids of every added token, special or not
+        # the pipeline behind the added vocabulary, for encode_text
+        self._normalizer, self._pre_tokenizer, self._model = (self.tok.normalizer, self.tok.pre_tokenizer,
+                                                              self.tok.model)
 
     def _special_ids(self, folder: Path) -> SpecialIds:
         ids = {t: self.tok.token_to_id(t) for t in ("<img>", "</img>", "<IMG_CONTEXT>", "<|im_end|>", "<|endoftext|>")}
@@ -42,8 +46,20 @@ class TextTokenizer:
         return SpecialIds(ids["<img>"], ids["</img>"], ids["<IMG_CONTEXT>"], tuple(sorted(eos)))
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of text, special tokens recognised, nothing added."""
+        """Token ids of the runtime's own markup: added tokens (`<|im_start|>`, `<img>`, `<ref>`...) recognised."""
         return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of user text: every character stays text, as if the tokenizer had no added tokens.
+
+        Added tokens, special or not, are matched by the added vocabulary in front of the pipeline; running
+        the normaliser, pre-tokeniser and model directly skips it, so a typed `<|im_start|>` or `<IMG_CONTEXT>`
+        becomes ordinary tokens. Text without added-token strings gets exactly the ids `encode` gives it.
+        """
+        if self._normalizer is not None:
+            text = self._normalizer.normalize_str(text)
+        pieces = self._pre_tokenizer.pre_tokenize_str(text) if self._pre_tokenizer is not None else [(text, None)]
+        return [token.id for piece, _ in pieces for token in self._model.tokenize(piece)]
 
     def decode(self, ids: list[int]) -> str:
         """Text of ids, keeping special tokens such as <ref> and <box> (the grounding tags)."""

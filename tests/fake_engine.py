@@ -20,11 +20,24 @@ from PIL import Image
 from runtime.errors import Busy, InvalidInput, ModelNotReady
 from runtime.grounding import clean_phrase, parse_boxes
 from runtime.images import image_hash, num_tiles
+from runtime.prepare import ImageFile
 from runtime.types import Answer, CancelToken, GenerationOptions, GroundingResult, Timings, Turn
 
 # Boxes the fake "sees", in 0..1000, cycled over the phrases asked for.
 BOXES = ((100, 150, 400, 600), (500, 200, 900, 950), (50, 50, 950, 300))
 DEFAULT_MAX_TILES = 2
+
+
+@dataclass(frozen=True)
+class DecodedFile(ImageFile):
+    """An ImageFile that keeps its pixels: decode() hands back the very image prepared (the fake's memory is no
+    concern), so tests can check that the prepared image itself reached the engine."""
+
+    image: Image.Image | None = None
+
+    def decode(self) -> Image.Image:
+        """The kept pixels."""
+        return self.image
 
 
 @dataclass
@@ -36,6 +49,8 @@ class FakePreparation:
     max_tiles: int
     tiles: int
     key: tuple[str, int]  # (content hash, max_tiles), like the real engine's cache key
+    file: DecodedFile  # what prepared_image hands back, like the real engine's ImageFile
+    owner: str  # the client that asked
     starts: float  # monotonic time the encoding starts (after the queue wait)
     tile_s: float
     error: str | None = None  # the preparation fails with this message once "encoded"
@@ -99,15 +114,18 @@ class FakeEngine:
         self.state = "closed"
 
     # ------------------------------------------------------------------ preparing images ahead of questions
-    def prepare(self, image: Image.Image, max_tiles: int | None = None) -> dict:
-        """Queue image for preparation and return its status at once."""
+    def prepare(self, image: Image.Image | ImageFile, max_tiles: int | None = None, owner: str = "") -> dict:
+        """Queue image (pixels or a file, decoded here) for preparation and return its status at once."""
         if self.state != "ready":
             raise ModelNotReady(self.error or "The model is still loading, please retry shortly.")
         tiles = DEFAULT_MAX_TILES if max_tiles is None else max_tiles
         if not 1 <= tiles <= 12:
             raise InvalidInput("max_tiles must be between 1 and 12.", field="max_tiles")
+        data = image.data if isinstance(image, ImageFile) else b""
+        image = image.decode() if isinstance(image, ImageFile) else image
+        file = DecodedFile(data, image.width, image.height, image)
         job = FakePreparation(secrets.token_urlsafe(12), image, tiles, num_tiles(image.width, image.height, tiles),
-                              (image_hash(image), tiles), time.monotonic() + self.prepare_queue_s,
+                              (image_hash(image), tiles), file, owner, time.monotonic() + self.prepare_queue_s,
                               self.prepare_tile_s, self.prepare_error)
         self.preparations[job.id] = job
         self.calls.append(("prepare", image, tiles))
@@ -117,10 +135,10 @@ class FakeEngine:
         """queued | encoding | ready | failed with progress in tiles; InvalidInput when unknown."""
         return self._status(self._job(image_id))
 
-    def prepared_image(self, image_id: str) -> tuple[Image.Image, int]:
-        """The image and tile budget of a preparation; InvalidInput when unknown, cancelled or expired."""
+    def prepared_image(self, image_id: str) -> tuple[ImageFile, int]:
+        """The file and tile budget of a preparation; InvalidInput when unknown, cancelled or expired."""
         job = self._job(image_id)
-        return job.image, job.max_tiles
+        return job.file, job.max_tiles
 
     def cancel_prepare(self, image_id: str) -> None:
         """Forget a preparation (unknown ids are ignored); work already done stays reusable."""

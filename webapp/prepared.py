@@ -2,8 +2,9 @@
 
 The engine reads (encodes) a prepared image in the background; a later chat, describe or grounding request
 that names its `image_id` gets the same image and tile budget, so the engine reuses that work (and waits
-for it when it is not finished). An unknown, expired or cancelled image_id is a 404 `not_found` with
-param "image_id", like an unknown session_id.
+for it when it is not finished). The engine keeps the image's file, not its pixels: a request naming it decodes
+it again, to the same pixels, in the image queue. An unknown, expired or cancelled image_id is a 404
+`not_found` with param "image_id", like an unknown session_id.
 """
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from typing import Callable
 
 from flask import url_for
 from flask_babel import lazy_gettext as _l
-from PIL import Image
-
 from runtime.errors import InvalidInput, ModelNotReady
+from runtime.prepare import ImageFile
 from runtime.types import GenerationOptions
 from webapp.errors import NotFound
-from webapp.inputs import Payload, read_image, read_int
+from webapp.imagework import Picture, open_picture, read_picture
+from webapp.inputs import Payload, read_int
+from webapp.security import client_key
 from webapp.service import options_from
 from webapp.state import AppState
 from webapp.store import valid_id
@@ -53,18 +55,25 @@ def read_image_id(payload: Payload) -> str | None:
     return value.strip()
 
 
-def read_image_or_prepared(payload: Payload, st: AppState) -> tuple[Image.Image | None, int | None]:
-    """The uploaded image (no tile budget of its own), or the prepared image named by image_id and its budget."""
+def read_file_or_prepared(payload: Payload, st: AppState) -> tuple[Picture | ImageFile | None, int | None]:
+    """The uploaded image, decoded (no tile budget of its own), or the file of the prepared image named by
+    image_id and its budget."""
     image_id = read_image_id(payload)
     if image_id is None:
-        return read_image(payload, st.settings), None
+        return read_picture(payload, st.settings, st.images), None
     sent = payload.get("image")
     if "image" in payload.files or (sent is not None and sent != ""):
         raise InvalidInput(_l("Send either an image or an image_id, not both."), field="image_id")
     return _lookup(st, st.engine.prepared_image, image_id)
 
 
-def request_image(payload: Payload, st: AppState) -> tuple[Image.Image | None, GenerationOptions]:
+def read_image_or_prepared(payload: Payload, st: AppState) -> tuple[Picture | None, int | None]:
+    """The request's image, uploaded or prepared (decoded again from its file), and the preparation's budget."""
+    image, tiles = read_file_or_prepared(payload, st)
+    return (open_picture(image, st.images) if isinstance(image, ImageFile) else image), tiles
+
+
+def request_image(payload: Payload, st: AppState) -> tuple[Picture | None, GenerationOptions]:
     """The request's image and generation options. With image_id and no max_tiles, the preparation's tile
     budget is used so that its work is reused; an explicit, different max_tiles reads the image again."""
     options = options_from(payload, st)  # checked first: bad numbers never reach the engine
@@ -82,10 +91,12 @@ def with_url(status: dict, endpoint: str) -> dict:
 def start(st: AppState, payload: Payload, endpoint: str) -> dict:
     """Start preparing the request's image (an upload, or an earlier image_id at another max_tiles)."""
     max_tiles = read_int(payload, "max_tiles", 1, 12, None)
-    image, tiles = read_image_or_prepared(payload, st)
+    image, tiles = read_file_or_prepared(payload, st)  # an image_id's file is passed on as it is, not decoded
     if image is None:
         raise InvalidInput(_l("Please add an image."), field="image")
-    return with_url(st.engine.prepare(image, max_tiles if max_tiles is not None else tiles), endpoint)
+    file = image.file if isinstance(image, Picture) else image
+    tiles = max_tiles if max_tiles is not None else tiles
+    return with_url(st.engine.prepare(file, tiles, owner=client_key()), endpoint)
 
 
 def status(st: AppState, image_id: str, endpoint: str) -> dict:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.config import read_env, setting
-from runtime.settings import default_cache_dir
+from runtime.settings import DEFAULT_CLIENT_SHARE, default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,10 @@ class WebSettings:
     result_ttl_s: int = setting("RESULT_TTL_S", 3600)  # grounding downloads expire after this many seconds
     max_results: int = setting("MAX_RESULTS", 200)  # grounding downloads kept at once (oldest dropped first)
     result_store_mb: int = setting("RESULT_STORE_MB", 256)  # memory for kept grounding downloads
+    # most of each store (conversations, downloads; prepared images in the runtime) one client may hold, in %
+    client_share: int = setting("CLIENT_SHARE_PERCENT", DEFAULT_CLIENT_SHARE)
+    image_workers: int = setting("IMAGE_WORKERS", 2)  # heavy image jobs (decoding, thumbnails, drawing) run at once
+    image_queue: int = setting("IMAGE_QUEUE", 8)  # image jobs allowed to wait for a worker; more get "busy"
     allow_remote_images: bool = setting("ALLOW_REMOTE_IMAGES", False)  # let clients pass http(s) image URLs (1 = yes)
     remote_timeout_s: float = setting("REMOTE_IMAGE_TIMEOUT_S", 10.0)  # time limit for fetching a remote image
     # when set, /api and /v1 need "Authorization: Bearer <key>" or "X-API-Key", and the pages ask for it once
@@ -106,11 +110,14 @@ class WebSettings:
             raise ValueError(f"PORT must be between 1 and 65535, got {self.port}")
         for name in ("threads", "max_upload_mb", "max_pixels", "max_question_chars", "max_phrases",
                      "max_phrase_chars", "max_new_tokens", "max_turns", "max_images", "session_ttl_s",
-                     "max_sessions", "session_store_mb", "result_ttl_s", "max_results", "result_store_mb"):
+                     "max_sessions", "session_store_mb", "result_ttl_s", "max_results", "result_store_mb",
+                     "client_share", "image_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.trusted_proxies <= 10:
             raise ValueError(f"TRUSTED_PROXIES must be between 0 and 10, got {self.trusted_proxies}")
+        if self.client_share > 100 or self.image_queue < 0:
+            raise ValueError("CLIENT_SHARE_PERCENT must be at most 100 and IMAGE_QUEUE not negative")
         if self.rate_limit and not RATE_RE.fullmatch(self.rate_limit):
             raise ValueError(f'RATE_LIMIT must look like "60/minute" or "10/second; 200/hour", got {self.rate_limit!r}')
 

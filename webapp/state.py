@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from webapp.imagework import ImageQueue
 from webapp.metrics import Metrics
 from webapp.settings import WebSettings
 from webapp.store import ResultStore, SessionStore
@@ -24,16 +25,18 @@ class AppState:
     results: ResultStore
     metrics: Metrics
     startup: object = None  # webapp.firststart.FirstStart while the model is exported, else None
+    images: ImageQueue | None = None  # heavy image work (decoding, thumbnails, drawing), bounded
     auth_failures: object = None  # webapp.security.FailureThrottle: wrong API keys per client address
 
     @classmethod
     def build(cls, settings: WebSettings, engine, startup=None) -> "AppState":
         """Create the stores and metrics the settings ask for."""
-        mb = 2**20
-        sessions = SessionStore(settings.session_ttl_s, settings.max_sessions, settings.session_store_mb * mb)
-        results = ResultStore(settings.result_ttl_s, settings.max_results, settings.result_store_mb * mb)
+        mb, share = 2**20, settings.client_share / 100
+        sessions = SessionStore(settings.session_ttl_s, settings.max_sessions, settings.session_store_mb * mb, share)
+        results = ResultStore(settings.result_ttl_s, settings.max_results, settings.result_store_mb * mb, share)
         metrics = Metrics(queue_depth=lambda: _queue_depth(engine), recent=settings.recent_requests)
-        return cls(settings, engine, sessions, results, metrics, startup)
+        images = ImageQueue(settings.image_workers, settings.image_queue)
+        return cls(settings, engine, sessions, results, metrics, startup, images=images)
 
     def info(self) -> dict:
         """engine.info() with the first start's phase and progress over it while that runs, never raising

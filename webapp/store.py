@@ -1,13 +1,19 @@
-"""Bounded, expiring, thread-safe server-side stores: conversations and grounding downloads."""
+"""Bounded, expiring, thread-safe server-side stores: conversations and grounding downloads.
+
+Both are `BoundedLRU`s (bytes, count, idle time, and a share per client): one client filling a store only
+pushes out its own older entries. A conversation's limits (questions, images, bytes) are held for an answer
+while it is generated (`Conversation.reserve`), so concurrent follow-ups can never take it past them.
+"""
 from __future__ import annotations
 
 import re
 import secrets
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from runtime.cache import BoundedLRU
+from runtime.prepare import held_bytes
 from runtime.types import Turn
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -23,6 +29,23 @@ def valid_id(value: str | None) -> bool:
     return bool(value) and ID_RE.fullmatch(value) is not None
 
 
+class Full(Exception):
+    """A conversation has no room for one more exchange; `limit` is "turns", "images" or "bytes"."""
+
+    def __init__(self, limit: str):
+        super().__init__(limit)
+        self.limit = limit
+
+
+@dataclass
+class Room:
+    """Room held in a conversation for one exchange while its answer is generated; freed exactly once."""
+
+    images: int
+    nbytes: int
+    held: bool = True
+
+
 @dataclass
 class Conversation:
     """One dialog: its turns (with PIL images) and a thumbnail per image-bearing user turn."""
@@ -31,8 +54,13 @@ class Conversation:
     turns: list[Turn] = field(default_factory=list)
     thumbs: dict[int, str] = field(default_factory=dict)  # turn index -> data: URL of a small JPEG
     kinds: dict[int, str] = field(default_factory=dict)  # turn index -> "describe_short"... (shown translated)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one generation at a time
-    nbytes: int = 0  # memory held by the turns' images
+    metas: dict[int, dict] = field(default_factory=dict)  # answer's turn index -> its timings and usage (shown)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # guards turns and held room
+    nbytes: int = 0  # memory held by the turns: images, thumbnails, text
+    owner: str = ""  # the client that started it, whose share of the store it counts against
+    held_questions: int = 0  # exchanges being generated (reserved, not yet committed)
+    held_images: int = 0
+    held_bytes: int = 0
 
     @property
     def image_count(self) -> int:
@@ -44,111 +72,113 @@ class Conversation:
         """User turns so far."""
         return sum(t.role == "user" for t in self.turns)
 
+    def reserve(self, images: int, nbytes: int, max_turns: int, max_images: int, max_bytes: int) -> Room:
+        """Hold room for one more question bringing `images` images of `nbytes`; Full naming the limit it
+        would pass, counting the exchanges still being generated."""
+        with self.lock:
+            if self.question_count + self.held_questions >= max_turns:
+                raise Full("turns")
+            if images and self.image_count + self.held_images + images > max_images:
+                raise Full("images")
+            if nbytes and self.nbytes + self.held_bytes + nbytes > max_bytes:
+                raise Full("bytes")
+            self.held_questions, self.held_images, self.held_bytes = (
+                self.held_questions + 1, self.held_images + images, self.held_bytes + nbytes)
+            return Room(images, nbytes)
+
+    def release(self, room: Room) -> None:
+        """Give back room held for an exchange that will not be kept (failed or cancelled)."""
+        with self.lock:
+            self._free(room)
+
+    def commit(self, room: Room, user: Turn, answer: str, thumb: str | None = None, kind: str = "chat",
+               meta: dict | None = None) -> None:
+        """Keep the exchange the room was held for."""
+        with self.lock:
+            self._free(room)
+            self._append(user, answer, thumb, kind, meta)
+
     def add_exchange(self, user: Turn, answer: str, thumb: str | None = None, kind: str = "chat") -> None:
         """Append a user turn and the assistant's answer to it."""
+        with self.lock:
+            self._append(user, answer, thumb, kind)
+
+    def _free(self, room: Room) -> None:
+        if room.held:
+            room.held = False
+            self.held_questions -= 1
+            self.held_images -= room.images
+            self.held_bytes -= room.nbytes
+
+    def _append(self, user: Turn, answer: str, thumb: str | None, kind: str, meta: dict | None = None) -> None:
+        if meta:
+            self.metas[len(self.turns) + 1] = meta
         if thumb:
             self.thumbs[len(self.turns)] = thumb
         if kind != "chat":
             self.kinds[len(self.turns)] = kind
         self.turns.append(user)
         self.turns.append(Turn(role="assistant", text=answer))
-        self.nbytes += sum(_image_bytes(im) for im in user.images)
+        self.nbytes += exchange_bytes(user, answer, thumb)
 
 
-def _image_bytes(img) -> int:
-    return img.width * img.height * len(img.getbands())
+def exchange_bytes(user: Turn, answer: str, thumb: str | None = None) -> int:
+    """Memory one exchange adds to a conversation: its images' pixels, the thumbnail and the texts."""
+    return sum(held_bytes(im) for im in user.images) + len(thumb or "") + len(user.text) + len(answer)
 
 
-class _Bounded:
-    """An LRU map with a time to live, a count limit and a byte limit."""
+class _Store(BoundedLRU):
+    """A BoundedLRU keyed by ids we hand out; malformed ids are simply absent."""
 
-    def __init__(self, ttl_s: float, max_items: int, max_bytes: int, clock=time.monotonic):
-        self.ttl_s, self.max_items, self.max_bytes, self.clock = ttl_s, max_items, max_bytes, clock
-        self._items: OrderedDict[str, tuple[float, object]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def _size(self, value) -> int:
-        return 0
-
-    def _evict(self, keep: str | None = None) -> None:
-        now = self.clock()
-        for key in [k for k, (t, _) in self._items.items() if now - t > self.ttl_s]:
-            del self._items[key]
-        while len(self._items) > self.max_items or (
-                len(self._items) > 1 and sum(self._size(v) for _, v in self._items.values()) > self.max_bytes):
-            oldest = next(iter(self._items))
-            if oldest == keep:
-                break
-            del self._items[oldest]
-
-    def _put(self, key: str, value) -> None:
-        with self._lock:
-            self._items[key] = (self.clock(), value)
-            self._items.move_to_end(key)
-            self._evict(keep=key)
-
-    def _get(self, key: str | None, touch: bool = True):
-        if not valid_id(key):
-            return None
-        with self._lock:
-            self._evict()
-            item = self._items.get(key)
-            if item is None:
-                return None
-            if touch:
-                self._items[key] = (self.clock(), item[1])
-                self._items.move_to_end(key)
-            return item[1]
+    def __init__(self, ttl_s: float, max_items: int, max_bytes: int, share: float = 1.0, clock=time.monotonic):
+        super().__init__(max_bytes, max_items, ttl_s, share, clock)
 
     def delete(self, key: str | None) -> bool:
         """Forget one entry; False when it was not there."""
-        if not valid_id(key):
-            return False
-        with self._lock:
-            return self._items.pop(key, None) is not None
-
-    def __len__(self) -> int:
-        with self._lock:
-            self._evict()
-            return len(self._items)
+        return valid_id(key) and self.pop(key) is not None
 
 
-class SessionStore(_Bounded):
+class SessionStore(_Store):
     """Conversations by id; idle ones expire, the least recently used go first when full."""
-
-    def _size(self, value: Conversation) -> int:
-        return value.nbytes
 
     def get(self, session_id: str | None) -> Conversation | None:
         """The conversation, or None if the id is malformed, unknown or expired."""
-        return self._get(session_id)
+        return super().get(session_id) if valid_id(session_id) else None
 
     def touch(self, conv: Conversation) -> None:
         """Store a conversation, or re-account it after it grew (may evict others to stay in bounds)."""
-        self._put(conv.id, conv)
+        self.put(conv.id, conv, conv.nbytes, conv.owner)
 
 
 @dataclass(frozen=True)
 class Result:
-    """A finished grounding: the annotated PNG and the JSON report, ready for download."""
+    """A finished grounding ready for download: the JSON report, and the annotated PNG or what draws it."""
 
     id: str
-    png: bytes
+    drawing: object  # the PNG's bytes, or an object whose render() draws them (webapp.imagework.Annotation)
     report: bytes
 
+    @property
+    def png(self) -> bytes:
+        """The annotated PNG (drawn now when only what draws it was kept)."""
+        return self.drawing if isinstance(self.drawing, bytes) else self.drawing.render()
 
-class ResultStore(_Bounded):
+    @property
+    def nbytes(self) -> int:
+        """Memory held."""
+        drawn = len(self.drawing) if isinstance(self.drawing, bytes) else self.drawing.nbytes
+        return drawn + len(self.report)
+
+
+class ResultStore(_Store):
     """Grounding downloads by unguessable id, expiring after their time to live."""
 
-    def _size(self, value: Result) -> int:
-        return len(value.png) + len(value.report)
-
-    def add(self, png: bytes, report: bytes, result_id: str | None = None) -> Result:
-        """Keep one result and return it."""
-        result = Result(id=result_id or new_id(), png=png, report=report)
-        self._put(result.id, result)
+    def add(self, png, report: bytes, result_id: str | None = None, owner: str = "") -> Result:
+        """Keep one result (`png`: its bytes, or what draws them) and return it."""
+        result = Result(id=result_id or new_id(), drawing=png, report=report)
+        self.put(result.id, result, result.nbytes, owner)
         return result
 
     def get(self, result_id: str | None) -> Result | None:
         """The result, or None if the id is malformed, unknown or expired."""
-        return self._get(result_id, touch=False)
+        return super().get(result_id, touch=False) if valid_id(result_id) else None
