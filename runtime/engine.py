@@ -11,6 +11,7 @@ from PIL import Image
 
 from runtime.errors import Busy, InvalidInput, ModelNotReady, RuntimeFailure
 from runtime.grounding import grounding_prompt, parse_boxes
+from runtime.limits import MAX_TILES, check_tiles
 from runtime.manifest import read_manifest
 from runtime.prompts import ROLES, describe_prompt
 from runtime.prepare import ImageFile, Preparer
@@ -63,8 +64,7 @@ class Engine:
             self._runner = Runner(backend, tokenizer, self.settings.image_cache_mb, self.settings.kv_cache_mb)
             # Concurrent generations only pay where their decode steps share a batched call (OpenVINO): elsewhere
             # they would split the cores, and hold a set of buffers each, for no more tokens per second.
-            batched = getattr(backend, "batch", None) is not None
-            slots = self.settings.concurrency or (BATCHED_CONCURRENCY if batched else 1)
+            slots = self.settings.concurrency or (BATCHED_CONCURRENCY if backend.batched_decode else 1)
             self._slots = [Slot(backend.new_sequence(), np.zeros(0, np.int64)) for _ in range(slots)]
             self._free = threading.Semaphore(len(self._slots))
             self._capacity = len(self._slots)  # fixed: self._slots shrinks while slots are in use
@@ -194,8 +194,8 @@ class Engine:
 
     def _max_tiles(self, options: GenerationOptions) -> int:
         tiles = options.max_tiles if options.max_tiles is not None else self.settings.max_tiles
-        if not 1 <= tiles <= 12:
-            raise InvalidInput("max_tiles must be between 1 and 12.", field="max_tiles")
+        if not check_tiles(tiles):
+            raise InvalidInput(f"max_tiles must be between 1 and {MAX_TILES}.", field="max_tiles")
         return tiles
 
     def _bounded(self, options: GenerationOptions) -> GenerationOptions:

@@ -62,13 +62,6 @@ class Busy(RuntimeFailure):
         self.retry_after = retry_after
 
 
-class GenerationCancelled(RuntimeFailure):
-    """The caller cancelled the generation (e.g. the client disconnected)."""
-
-    code = "cancelled"
-    status = 499
-
-
 class ArtifactsMissing(RuntimeFailure):
     """The exported model folder is missing, incomplete or does not match its manifest."""
 

@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from runtime.errors import InputTooLarge, InvalidImage, InvalidInput, RuntimeFailure, UnsupportedMediaType
+from runtime.limits import TILE_SIZE
 
-TILE_SIZE = 448  # side of one ViT tile, in pixels
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESCALE = 1 / 255  # transformers' default rescale_factor

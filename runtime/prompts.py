@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from runtime.errors import InvalidInput
+from runtime.limits import IMAGE_SEQ_LEN
 
-IMAGE_SEQ_LEN = 256  # LLM tokens per 448x448 tile after pixel shuffle
 ROLES = ("system", "user", "assistant")  # a role is written into the markup, so only these are accepted
 DESCRIBE_PROMPTS = {
     "short": "Describe this image in one sentence.",

@@ -12,6 +12,7 @@ from runtime.backends.base import Backend, Sequence
 from runtime.cache import LRUBytes, PrefixCache, common_prefix
 from runtime.generate import decode
 from runtime.images import image_hash, preprocess
+from runtime.limits import IMAGE_SEQ_LEN, MAX_TILES
 from runtime.prompts import ROLES, Prompt, image_placeholder
 from runtime.tokenizer import StreamDecoder, TextTokenizer
 from runtime.types import Answer, CancelToken, GenerationOptions, Timings, Turn
@@ -52,7 +53,7 @@ class Slot:
 
 def image_key(digest: str, max_tiles: int) -> int:
     """A negative int64 naming (image content, tile budget) inside KV-prefix keys."""
-    return -1 - (int(digest[:12], 16) * 13 + max_tiles)
+    return -1 - (int(digest[:12], 16) * (MAX_TILES + 1) + max_tiles)
 
 
 class Runner:
@@ -163,7 +164,7 @@ class Runner:
         positions = [i for i, t in enumerate(part) if t == ctx]
         start = 0
         for enc in images:
-            n = enc.tiles * 256
+            n = enc.tiles * IMAGE_SEQ_LEN
             for i in positions[start:start + n]:
                 keys[i] = enc.key
             start += n

@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from runtime.config import read_env, setting
+from runtime.limits import MAX_TILES as LIMIT_TILES
+from runtime.limits import check_tiles
 
 DEFAULT_MODEL = "OpenGVLab/InternVL3_5-1B"
 DEFAULT_PRECISION = "int8"  # the export built and served unless EXPORT_PRECISION says otherwise
@@ -85,8 +87,8 @@ class RuntimeSettings:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if not 1 <= self.max_tiles <= 12:
-            raise ValueError(f"MAX_TILES must be between 1 and 12, got {self.max_tiles}")
+        if not check_tiles(self.max_tiles):
+            raise ValueError(f"MAX_TILES must be between 1 and {LIMIT_TILES}, got {self.max_tiles}")
         if not 1 <= self.client_share <= 100:
             raise ValueError(f"CLIENT_SHARE_PERCENT must be between 1 and 100, got {self.client_share}")
         for f in fields(self):

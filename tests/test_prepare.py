@@ -114,7 +114,7 @@ class SlowSequence:
 class SlowVisionBackend:
     """A fake engine whose vision encoder takes TILE_S per tile: the cost preparation must never impose."""
 
-    name, device, hidden_size = "fake", "CPU", 8
+    name, device, hidden_size, batched_decode = "fake", "CPU", 8, False
     TILE_S = 0.4
 
     def embed_images(self, pixels):

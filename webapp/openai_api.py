@@ -10,6 +10,7 @@ from flask import jsonify, request
 from flask_babel import lazy_gettext as _l
 
 from runtime.errors import InputTooLarge, InvalidInput
+from runtime.limits import MAX_TILES
 from runtime.prompts import describe_prompt
 from runtime.types import Answer, GenerationOptions, Turn
 from webapp.inputs import BadJson, Payload, decode_image, image_bytes_from_text, read_bool, read_float, read_int
@@ -65,7 +66,7 @@ def completion_options(payload: Payload, st: AppState) -> GenerationOptions:
         top_p=read_float(payload, "top_p", 0.0, 1.0, 1.0),
         stop=read_stop(payload.get("stop")),
         seed=read_int(payload, "seed", -2**63, 2**63 - 1, None),
-        max_tiles=read_int(payload, "max_tiles", 1, 12, None),
+        max_tiles=read_int(payload, "max_tiles", 1, MAX_TILES, None),
     )
 
 

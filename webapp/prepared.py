@@ -14,6 +14,7 @@ from typing import Callable
 from flask import url_for
 from flask_babel import lazy_gettext as _l
 from runtime.errors import InvalidInput, ModelNotReady
+from runtime.limits import MAX_TILES
 from runtime.prepare import ImageFile
 from runtime.types import GenerationOptions
 from webapp.errors import NotFound
@@ -90,7 +91,7 @@ def with_url(status: dict, endpoint: str) -> dict:
 
 def start(st: AppState, payload: Payload, endpoint: str) -> dict:
     """Start preparing the request's image (an upload, or an earlier image_id at another max_tiles)."""
-    max_tiles = read_int(payload, "max_tiles", 1, 12, None)
+    max_tiles = read_int(payload, "max_tiles", 1, MAX_TILES, None)
     image, tiles = read_file_or_prepared(payload, st)  # an image_id's file is passed on as it is, not decoded
     if image is None:
         raise InvalidInput(_l("Please add an image."), field="image")

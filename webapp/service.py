@@ -11,6 +11,7 @@ from flask_babel import lazy_gettext as _l
 from PIL import Image
 
 from runtime.errors import InputTooLarge, InvalidInput, RuntimeFailure
+from runtime.limits import MAX_TILES
 from runtime.prepare import held_bytes
 from runtime.prompts import describe_prompt
 from runtime.types import Answer, GenerationOptions, GroundingResult, Turn
@@ -39,7 +40,7 @@ def options_from(payload: Payload, st: AppState) -> GenerationOptions:
     limit = st.max_new_tokens()
     return GenerationOptions(
         max_new_tokens=read_int(payload, "max_new_tokens", 1, limit, min(GenerationOptions.max_new_tokens, limit)),
-        max_tiles=read_int(payload, "max_tiles", 1, 12, None),
+        max_tiles=read_int(payload, "max_tiles", 1, MAX_TILES, None),
         temperature=read_float(payload, "temperature", 0.0, 2.0, 0.0),
         top_p=read_float(payload, "top_p", 0.0, 1.0, 1.0),
     )

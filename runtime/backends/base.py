@@ -40,6 +40,9 @@ class Backend(Protocol):
     name: str  # "openvino" | "onnxruntime" | "torch"
     device: str  # "CPU" | "cuda"
     hidden_size: int
+    # True when the single-token steps of sequences decoding at the same time share one batched model call,
+    # so that running generations side by side pays (the engine then runs several at once)
+    batched_decode: bool
 
     def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
         """(tiles, 3, 448, 448) float32 -> (tiles * 256, hidden) image embeddings."""

@@ -76,6 +76,7 @@ class OnnxBackend:
 
     name = "onnxruntime"
     device = "CPU"
+    batched_decode = False  # each sequence runs its own session calls
 
     def __init__(self, folder: Path, settings):
         import onnxruntime as ort

@@ -196,6 +196,7 @@ class OpenVINOBackend:
         # KV copied out of the plugin: f16 halves it where the live cache is u8 anyway.
         self._snapshot_dtype = np.float32 if settings.kv_cache_precision == "f32" else np.float16
         self.batch = DecodeBatch(self.lm, self.compute, self._snapshot_dtype) if settings.batch_decode else None
+        self.batched_decode = self.batch is not None
         self.warm_up()
 
     def warm_up(self) -> None:

@@ -75,6 +75,7 @@ class TorchBackend:
     """transformers' native InternVL model on CUDA (bf16) or CPU (fp32)."""
 
     name = "torch"
+    batched_decode = False  # each sequence runs its own forward calls
 
     def __init__(self, export_dir: Path, settings, device: str):
         import torch
