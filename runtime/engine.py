@@ -4,19 +4,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
 
-from runtime.errors import Busy, InvalidInput, ModelNotReady, RuntimeFailure
+from runtime.errors import InvalidInput, ModelNotReady, RuntimeFailure
 from runtime.grounding import grounding_prompt, parse_boxes
 from runtime.limits import MAX_TILES, check_tiles
 from runtime.manifest import read_manifest
 from runtime.prompts import ROLES, describe_prompt
 from runtime.prepare import ImageFile, Preparer
-from runtime.runner import Preempted, Runner, Slot
+from runtime.runner import Runner, Slot
 from runtime.settings import BATCHED_CONCURRENCY, RuntimeSettings
+from runtime.slots import SlotPool
 from runtime.types import Answer, CancelToken, GenerationOptions, GroundingResult, Turn
 
 log = logging.getLogger(__name__)
@@ -31,11 +31,8 @@ class Engine:
         self._loader = loader  # callable(settings) -> (backend, tokenizer); tests may pass their own
         self._state, self._progress, self._error = "loading", "waiting to start", None
         self._runner: Runner | None = None
-        self._slots: list[Slot] = []  # the free ones
-        self._capacity = 0  # slots in all
-        self._free = threading.Semaphore(0)
+        self._pool: SlotPool | None = None  # generation slots, once loaded
         self._lock = threading.Lock()
-        self._waiting = 0
         self._thread: threading.Thread | None = None
         self._backend_info: dict = {}
         self.load_seconds = 0.0
@@ -65,10 +62,9 @@ class Engine:
             # Concurrent generations only pay where their decode steps share a batched call (OpenVINO): elsewhere
             # they would split the cores, and hold a set of buffers each, for no more tokens per second.
             slots = self.settings.concurrency or (BATCHED_CONCURRENCY if backend.batched_decode else 1)
-            self._slots = [Slot(backend.new_sequence(), np.zeros(0, np.int64)) for _ in range(slots)]
-            self._free = threading.Semaphore(len(self._slots))
-            self._capacity = len(self._slots)  # fixed: self._slots shrinks while slots are in use
-            self._preparer = Preparer(self, self.settings.max_prepared, self.settings.prepare_ttl_s,
+            self._pool = SlotPool([Slot(backend.new_sequence(), np.zeros(0, np.int64)) for _ in range(slots)],
+                                  self.settings.max_queue)
+            self._preparer = Preparer(self._runner, self._pool, self.settings.max_prepared, self.settings.prepare_ttl_s,
                                       self.settings.prepare_store_mb * 2**20, self.settings.client_share / 100)
             self._backend_info = {"backend": backend.name, "device": backend.device, **backend.info()}
             self.load_seconds = time.perf_counter() - t0
@@ -86,12 +82,12 @@ class Engine:
 
     def info(self) -> dict:
         """State and facts for /health and the status page."""
-        s = self.settings
+        s, pool = self.settings, self._pool
         return {"state": self._state, "progress": self._progress, "error": self._error, "model": s.model_name,
                 "format": _source_format(s), "precision": s.precision, "backend": self._backend_info.get("backend"),
                 "device": self._backend_info.get("device"), "default_max_tiles": s.max_tiles, "max_new_tokens": s.max_new_tokens,
-                "queue_depth": self._waiting, "max_queue": s.max_queue,
-                "concurrency": self._capacity or s.concurrency or BATCHED_CONCURRENCY,  # (at most, while loading)
+                "queue_depth": pool.waiting if pool else 0, "max_queue": s.max_queue,
+                "concurrency": (pool.capacity if pool else 0) or s.concurrency or BATCHED_CONCURRENCY,  # (at most)
                 "load_seconds": round(self.load_seconds, 2), "engine": self._backend_info}
 
     # ------------------------------------------------------------------ preparing images ahead of questions
@@ -122,32 +118,9 @@ class Engine:
             raise ModelNotReady(self._error or "The model is still loading, please retry shortly.")
         return self._preparer
 
-    def busy(self) -> bool:
-        """True while any request is waiting for or holding a slot (preparation then stands aside)."""
-        return self._waiting > 0
-
-    def prepare_now(self, job, should_yield) -> None:
-        """Encode job's image and prefill its prefix (called by the preparer's thread when idle)."""
-        enc, _ = self._runner.encode_image(job.image, job.max_tiles, should_yield=should_yield)
-        if should_yield() or not self._free.acquire(blocking=False):
-            raise Preempted()  # every slot is taken: prefill when idle again
-        # In an idle slot rather than a sequence of its own: a second infer request with its KV state and
-        # buffers raised the peak by ~0.13 GB on the 1B model (1.59 vs 1.45 GB over one round of the bench's
-        # workloads). The slot's last answer is already saved as a KV prefix, and a question on this image
-        # finds its prefix in place. A request that arrives meanwhile waits for this one prefill (< 1 s).
-        slot = self._take_slot()
-        try:
-            self._runner.prefill_image_prefix(slot, enc)
-        finally:
-            self._give_slot(slot)
-
-    def runner_tiles_done(self, key) -> int:
-        """Tiles finished so far for an encoding in progress."""
-        return self._runner.tiles_done(key) if self._runner is not None else 0
-
     def close(self) -> None:
         """Drop the model (the process may then exit)."""
-        self._runner, self._slots, self._state = None, [], "closed"
+        self._runner, self._pool, self._state = None, None, "closed"
 
     # ------------------------------------------------------------------ public API
     def chat(self, turns: list[Turn], options: GenerationOptions = GenerationOptions(), on_text=None,
@@ -206,41 +179,11 @@ class Engine:
         from dataclasses import replace
         return replace(options, max_new_tokens=min(options.max_new_tokens, self.settings.max_new_tokens))
 
-    @contextmanager
     def _slot(self, cancel: CancelToken | None):
-        """Wait for a free slot (refusing at once when the queue is full); yields (slot, seconds waited)."""
-        if self._state != "ready":
+        """A slot from the pool (ModelNotReady before the model is loaded); see SlotPool.take."""
+        if self._state != "ready" or self._pool is None:
             raise ModelNotReady(self._error or "The model is still loading, please retry shortly.")
-        with self._lock:
-            if self._waiting >= self.settings.max_queue + self._capacity:  # running + waiting
-                raise Busy(retry_after=5)
-            self._waiting += 1
-        t0 = time.perf_counter()
-        try:
-            while not self._free.acquire(timeout=0.1):
-                if cancel is not None and cancel.cancelled:
-                    break
-            else:
-                slot = self._take_slot()
-                try:
-                    yield slot, time.perf_counter() - t0
-                finally:
-                    self._give_slot(slot)
-                return
-            yield None, time.perf_counter() - t0
-        finally:
-            with self._lock:
-                self._waiting -= 1
-
-    def _take_slot(self) -> Slot:
-        with self._lock:
-            return self._slots.pop()
-
-    def _give_slot(self, slot: Slot) -> None:
-        with self._lock:
-            self._slots.append(slot)
-        self._free.release()
-
+        return self._pool.take(cancel)
 
 def _cancelled_answer(queued: float) -> Answer:
     from runtime.types import Timings

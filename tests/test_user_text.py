@@ -9,7 +9,7 @@ import unicodedata
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from model_fixtures import TINY, photo
 from tokenizers import Tokenizer
