@@ -5,6 +5,11 @@ from webapp.settings import WebSettings
 from webapp.state import PHASES
 
 
+def N_(text: str) -> str:
+    """Mark text for translation (pybabel extracts it): the document stays English, /docs shows it translated."""
+    return text
+
+
 def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -14,10 +19,10 @@ def _json(schema: dict, description: str) -> dict:
 
 
 def _errors(*codes: int) -> dict:
-    words = {400: "Bad input", 401: "Missing or wrong API key", 404: "Unknown or expired id",
-             413: "Too large", 415: "Not an image / wrong content type",
-             429: "Too many requests from this client (RATE_LIMIT; see Retry-After)",
-             503: "Model loading or server busy (see Retry-After)"}
+    words = {400: N_("Bad input"), 401: N_("Missing or wrong API key"), 404: N_("Unknown or expired id"),
+             413: N_("Too large"), 415: N_("Not an image / wrong content type"),
+             429: N_("Too many requests from this client (RATE_LIMIT; see Retry-After)"),
+             503: N_("Model loading or server busy (see Retry-After)")}
     return {str(c): _json(_ref("Error"), words[c]) for c in codes}
 
 
@@ -36,36 +41,63 @@ def _fields(required: list[str], **props) -> dict:
 
 
 IMAGE = {"type": "string", "format": "binary",
-         "description": "Image file (JPEG, PNG, WebP, GIF, BMP, TIFF). In JSON: base64 or a data: URL."}
+         "description": N_("Image file (JPEG, PNG, WebP, GIF, BMP, TIFF). In JSON: base64 or a data: URL.")}
+IMAGE_UNLESS_ID = {**IMAGE, "description": N_("Image file (JPEG, PNG, WebP, GIF, BMP, TIFF). In JSON: base64 or a "
+                                              "data: URL. Required unless image_id is sent.")}
 GEN = {
     "max_tiles": {"type": "integer", "minimum": 1, "maximum": 12,
-                  "description": "Tile budget per image: more tiles, more detail, slower."},
-    "max_new_tokens": {"type": "integer", "minimum": 1, "description": "Cap on generated tokens: at most "
-                       "MAX_NEW_TOKENS_LIMIT or the model's own limit, whichever is lower (see /status); more is "
-                       "a 400."},
-    "temperature": {"type": "number", "minimum": 0, "maximum": 2, "description": "0 (default) answers greedily."},
-    "top_p": {"type": "number", "minimum": 0, "maximum": 1, "description": "Nucleus sampling mass."},
-    "stream": {"type": "boolean", "description": "Answer as Server-Sent Events: {delta} events, "
-               "the final answer object, then [DONE]."},
+                  "description": N_("Tile budget per image: more tiles, more detail, slower.")},
+    "max_new_tokens": {"type": "integer", "minimum": 1, "description": N_(
+        "Cap on generated tokens: at most MAX_NEW_TOKENS_LIMIT or the model's own limit, whichever is lower "
+        "(see /status); more is a 400.")},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2,
+                    "description": N_("0 (default) answers greedily.")},
+    "top_p": {"type": "number", "minimum": 0, "maximum": 1, "description": N_("Nucleus sampling mass.")},
+    "stream": {"type": "boolean", "description": N_("Answer as Server-Sent Events: {delta} events, the final "
+                                                    "answer object, then [DONE].")},
 }
-SESSION = {"type": "string", "description": "Continue this conversation (from an earlier answer)."}
-IMAGE_ID = {"type": "string", "description": "Instead of image: the image_id from POST /api/v1/images (sent "
-            "without image). Without max_tiles the preparation's tile budget is used and its work reused (if it "
-            "is not finished, the answer waits for it); a different max_tiles is allowed but reads the image "
-            "again. Unknown or expired: 404 not_found with param image_id."}
-CHAT = _fields(["question"], image=IMAGE, image_id=IMAGE_ID, question={"type": "string"}, session_id=SESSION,
-               **GEN)
-DESCRIBE = _fields([], image=IMAGE, image_id=IMAGE_ID, detail={"type": "string", "enum": ["short", "detailed"]},
+SESSION = {"type": "string", "description": N_("Continue this conversation (from an earlier answer).")}
+IMAGE_ID = {"type": "string", "description": N_(
+    "Instead of image: the image_id from POST /api/v1/images (sent without image). Without max_tiles the "
+    "preparation's tile budget is used and its work reused (if it is not finished, the answer waits for it); a "
+    "different max_tiles is allowed but reads the image again. Unknown or expired: 404 not_found with param "
+    "image_id.")}
+QUESTION = {"type": "string", "example": "What is in this picture?", "description": N_(
+    "The question about the image, in any language (at most MAX_QUESTION_CHARS characters). A follow-up with "
+    "session_id may leave the image out: the conversation's last image is used.")}
+CHAT = _fields(["question"], image=IMAGE, image_id=IMAGE_ID, question=QUESTION, session_id=SESSION, **GEN)
+DESCRIBE = _fields([], image=IMAGE, image_id=IMAGE_ID,
+                   detail={"type": "string", "enum": ["short", "detailed"], "example": "short",
+                           "description": N_("A one-sentence caption (short, the default) or a paragraph "
+                                             "(detailed).")},
                    session_id=SESSION, **GEN)
-GROUND = _fields([], image={**IMAGE, "description": IMAGE["description"] + " Required unless image_id is sent."},
-                 image_id=IMAGE_ID, detect_all={"type": "boolean"}, max_tiles=GEN["max_tiles"],
-                 phrases={"type": "array", "items": {"type": "string"},
-                          "description": "Objects to find; comma-separated or repeated fields."})
-PREPARE = _fields([], image={**IMAGE, "description": IMAGE["description"] + " Required unless image_id is sent."},
-                  image_id={"type": "string", "description": "Read an earlier preparation's image again, at "
-                            "another max_tiles (no upload)."},
-                  max_tiles={**GEN["max_tiles"], "description": "Tile budget to prepare for (default: the "
-                             "server's); send the same one (or none) with the question to reuse the work."})
+GROUND = _fields([], image=IMAGE_UNLESS_ID, image_id=IMAGE_ID,
+                 detect_all={"type": "boolean", "description": N_("Find and label every object instead of the "
+                                                                  "phrases.")},
+                 max_tiles=GEN["max_tiles"],
+                 phrases={"type": "array", "items": {"type": "string"}, "example": ["cat", "red car"],
+                          "description": N_("Objects to find; comma-separated or repeated fields.")})
+PREPARE = _fields([], image=IMAGE_UNLESS_ID,
+                  image_id={"type": "string", "description": N_("Read an earlier preparation's image again, at "
+                                                                "another max_tiles (no upload).")},
+                  max_tiles={**GEN["max_tiles"], "description": N_(
+                      "Tile budget to prepare for (default: the server's); send the same one (or none) with the "
+                      "question to reuse the work.")})
+OPENAI_CHAT = _fields(
+    ["messages"],
+    model={"type": "string", "description": N_("Any name: the one served model answers (see /v1/models).")},
+    messages={"type": "array", "items": {"type": "object"}, "description": N_(
+        "The dialog: role system, user or assistant; content a string or a list of text and image_url parts "
+        "(data: URLs).")},
+    stream={"type": "boolean", "description": N_("Answer as chat.completion.chunk events, then [DONE].")},
+    max_tokens={"type": "integer", "description": N_("Cap on generated tokens (as max_new_tokens).")},
+    temperature={"type": "number", "description": N_("0 (default) answers greedily.")},
+    top_p={"type": "number", "description": N_("Nucleus sampling mass.")},
+    stop={"type": "array", "items": {"type": "string"}, "description": N_("Stop before any of these strings.")},
+    max_tiles=GEN["max_tiles"])
+OPENAI_EXAMPLE = {"model": "OpenGVLab/InternVL3_5-1B", "messages": [{"role": "user", "content": [
+    {"type": "text", "text": "What is in this picture?"},
+    {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQSkZJRg..."}}]}]}
 
 SCHEMAS = {
     "Error": _fields(["error"], error=_fields(["code", "message", "type"], code={"type": "string"},
@@ -120,56 +152,51 @@ def _path_id(name: str, description: str) -> list:
 
 def _paths() -> dict:
     """Every path of the API with its operations."""
-    answer = _or_stream(_json(_ref("Answer"), "The answer (or text/event-stream when stream=true)"))
+    answer = _or_stream(_json(_ref("Answer"), N_("The answer (or text/event-stream when stream=true)")))
     any_json = {"type": "object"}
+    image_id = _path_id("id", N_("image_id from POST /api/v1/images"))
+    result_id = _path_id("id", N_("Result id from /api/v1/ground"))
     paths = {
-        "/api/v1/chat": {"post": _op("Ask about an image; follow up with session_id", _body(CHAT), answer,
+        "/api/v1/chat": {"post": _op(N_("Ask about an image; follow up with session_id"), _body(CHAT), answer,
                                      400, 401, 404, 413, 415, 503)},
-        "/api/v1/describe": {"post": _op("Describe an image (short or detailed)", _body(DESCRIBE), answer,
+        "/api/v1/describe": {"post": _op(N_("Describe an image (short or detailed)"), _body(DESCRIBE), answer,
                                          400, 401, 404, 413, 415, 503)},
-        "/api/v1/ground": {"post": _op("Find labelled boxes for phrases, or all objects", _body(GROUND),
-                                       _json(_ref("Grounding"), "Boxes and download links"),
+        "/api/v1/ground": {"post": _op(N_("Find labelled boxes for phrases, or all objects"), _body(GROUND),
+                                       _json(_ref("Grounding"), N_("Boxes and download links")),
                                        400, 401, 404, 413, 415, 503)},
         "/api/v1/images": {"post": _op(
-            "Read an image before the question is asked; then send its image_id to chat, describe or ground",
-            _body(PREPARE), _json(_ref("Preparation"), "Accepted: the image is being read (Location: status_url)"),
+            N_("Read an image before the question is asked; then send its image_id to chat, describe or ground"),
+            _body(PREPARE), _json(_ref("Preparation"), N_("Accepted: the image is being read (Location: status_url)")),
             400, 401, 404, 413, 415, 503, status="202")},
         "/api/v1/images/{id}": {
-            "get": _op("How far the reading of a prepared image has got", None,
-                       _json(_ref("Preparation"), "The preparation's status"), 401, 404, 503,
-                       params=_path_id("id", "image_id from POST /api/v1/images")),
-            "delete": {"summary": "Drop a preparation that is no longer wanted",
-                       "parameters": _path_id("id", "image_id from POST /api/v1/images"),
-                       "responses": {"204": {"description": "Dropped"}, **_errors(401, 404, 429)}}},
-        "/api/v1/results/{id}.png": {"get": _op("Annotated image of a grounding result", None,
+            "get": _op(N_("How far the reading of a prepared image has got"), None,
+                       _json(_ref("Preparation"), N_("The preparation's status")), 401, 404, 503, params=image_id),
+            "delete": {"summary": N_("Drop a preparation that is no longer wanted"), "parameters": image_id,
+                       "responses": {"204": {"description": N_("Dropped")}, **_errors(401, 404, 429)}}},
+        "/api/v1/results/{id}.png": {"get": _op(N_("Annotated image of a grounding result"), None,
                                                 {"description": "PNG", "content": {"image/png": {}}}, 404,
-                                                params=_path_id("id", "Result id from /api/v1/ground"))},
-        "/api/v1/results/{id}.json": {"get": _op("JSON report of a grounding result", None,
-                                                 _json(any_json, "Report"), 404,
-                                                 params=_path_id("id", "Result id from /api/v1/ground"))},
-        "/api/v1/sessions/{id}": {"delete": {"summary": "Forget a conversation",
-                                             "parameters": _path_id("id", "session_id of the conversation"),
-                                             "responses": {"204": {"description": "Deleted"},
+                                                params=result_id)},
+        "/api/v1/results/{id}.json": {"get": _op(N_("JSON report of a grounding result"), None,
+                                                 _json(any_json, N_("Report")), 404, params=result_id)},
+        "/api/v1/sessions/{id}": {"delete": {"summary": N_("Forget a conversation"),
+                                             "parameters": _path_id("id", N_("session_id of the conversation")),
+                                             "responses": {"204": {"description": N_("Deleted")},
                                                            **_errors(401, 404, 429)}}},
         "/v1/chat/completions": {"post": _op(
-            "OpenAI-compatible chat (text and image_url data: URLs; stream, max_tokens, temperature, top_p, stop); "
-            "a user message with only an image is answered with a detailed description",
-            {"required": True, "content": {"application/json": {"schema": _fields(
-                ["messages"], model={"type": "string"}, messages={"type": "array", "items": any_json},
-                stream={"type": "boolean"}, max_tokens={"type": "integer"}, temperature={"type": "number"},
-                top_p={"type": "number"}, stop={"type": "array", "items": {"type": "string"}},
-                max_tiles=GEN["max_tiles"])}}},
-            _or_stream(_json(any_json, "chat.completion (or chat.completion.chunk events)")), 400, 401, 413,
+            N_("OpenAI-compatible chat (text and image_url data: URLs; stream, max_tokens, temperature, top_p, "
+               "stop); a user message with only an image is answered with a detailed description"),
+            {"required": True, "content": {"application/json": {"schema": OPENAI_CHAT, "example": OPENAI_EXAMPLE}}},
+            _or_stream(_json(any_json, N_("chat.completion (or chat.completion.chunk events)"))), 400, 401, 413,
             503)},
-        "/v1/models": {"get": _op("The served model", None, _json(any_json, "Model list"), 401)},
-        "/health": {"get": {"summary": "200 when ready; 503 while loading or after a load error",
-                            "responses": {"200": _json(any_json, "Ready"),
-                                          "503": _json(HEALTH_503, "Loading (with the phase and its progress) "
-                                                                   "or error (with the reason)")}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics",
-                             "responses": {"200": {"description": "text/plain exposition format"}}}},
-        "/openapi.json": {"get": {"summary": "This document",
-                                  "responses": {"200": _json(any_json, "OpenAPI 3 document")}}},
+        "/v1/models": {"get": _op(N_("The served model"), None, _json(any_json, N_("Model list")), 401)},
+        "/health": {"get": {"summary": N_("200 when ready; 503 while loading or after a load error"),
+                            "responses": {"200": _json(any_json, N_("Ready")),
+                                          "503": _json(HEALTH_503, N_("Loading (with the phase and its progress) "
+                                                                      "or error (with the reason)"))}}},
+        "/metrics": {"get": {"summary": N_("Prometheus metrics"),
+                             "responses": {"200": {"description": N_("text/plain exposition format")}}}},
+        "/openapi.json": {"get": {"summary": N_("This document"),
+                                  "responses": {"200": _json(any_json, N_("OpenAPI 3 document"))}}},
     }
     return paths
 

@@ -2,25 +2,51 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from urllib.parse import quote, urlsplit
 
+from babel.numbers import get_decimal_symbol
 from flask import Blueprint, g, jsonify, redirect, render_template, request, session, url_for
-from flask_babel import gettext, ngettext
+from flask_babel import get_locale, gettext, ngettext
 from flask_babel import lazy_gettext as _l
 
-from runtime.errors import InvalidInput
+from runtime.errors import Busy, InvalidInput, RuntimeFailure
 from webapp import LANGUAGES, prepared, service
 from webapp.errors import NotFound
-from webapp.inputs import read_bool, read_choice, read_payload, read_phrases, read_text
-from webapp.openapi import openapi_spec
+from webapp.inputs import Payload, read_bool, read_choice, read_payload, read_phrases, read_text, thumbnail_url
+from webapp.openapi import N_, openapi_spec
 from webapp.security import check_csrf, key_matches, page_fingerprint
 from webapp.sse import reply_job
 from webapp.state import state
-from webapp.store import Conversation, new_id
+from webapp.store import Conversation, new_id, valid_id
 
 bp = Blueprint("pages", __name__)
 ACTIONS = ("ask", "describe_short", "describe_detailed")
 NO_STORE = {"Cache-Control": "no-store"}  # status polls must never be answered from a cache
+PREVIEW_SIDE = 448  # px: the grounding form's preview of the image it keeps between runs
+
+# Runtime messages the pages can show: listed so that they are extracted and translated (errors.display_message
+# looks a runtime message up in the catalog).
+RUNTIME_MESSAGES = (N_("Say what to look for: the phrase is empty."),
+                    N_("This image is too large to be read ahead; send it with the question instead."))
+# runtime.grounding's notes on a model's answer, kept in English in the JSON report, shown in the page's language
+NOTES = tuple((re.compile(pattern, re.S), text) for pattern, text in (
+    (r"No boxes found in the answer\.", N_("No boxes found in the answer.")),
+    (r"No box was given for '(?P<label>.*)'\.", N_("No box was given for '%(label)s'.")),
+    (r"A box list is not closed \(the answer was probably cut off\)\.",
+     N_("A box list is not closed (the answer was probably cut off).")),
+    (r"Ignored '(?P<text>.*)': not a complete box\.", N_("Ignored '%(text)s': not a complete box.")),
+    (r"Ignored (?P<box>\[.*\]): a placeholder, not coordinates\.",
+     N_("Ignored %(box)s: a placeholder, not coordinates.")),
+    (r"Ignored (?P<box>\[.*\]): a box needs 4 numbers, found (?P<n>\d+)\.",
+     N_("Ignored %(box)s: a box needs 4 numbers, found %(n)s.")),
+    (r"Ignored (?P<box>\[.*\]): coordinates must be numbers\.", N_("Ignored %(box)s: coordinates must be numbers.")),
+    (r"Ignored (?P<box>\[.*\]) for '(?P<label>.*)': the box has no area inside the image\.",
+     N_("Ignored %(box)s for '%(label)s': the box has no area inside the image.")),
+    (r"Kept the first (?P<kept>\d+) boxes; (?P<dropped>\d+) more were dropped\.",
+     N_("Kept the first %(kept)s boxes; %(dropped)s more were dropped.")),
+))
 
 
 @bp.before_request
@@ -78,7 +104,8 @@ def ground_post():
     st = state()
     payload = read_payload()
     g.form = {"phrases": ", ".join(str(p) for p in payload.getlist("phrases")),
-              "detect_all": payload.get("detect_all") is not None, "max_tiles": payload.get("max_tiles")}
+              "detect_all": payload.get("detect_all") is not None, "max_tiles": payload.get("max_tiles"),
+              "image_id": payload.get("image_id")}
     image, options = prepared.request_image(payload, st)
     if image is None:
         raise InvalidInput(_l("Please add an image."), field="image")
@@ -86,8 +113,9 @@ def ground_post():
     phrases = read_phrases(payload, st.settings, detect_all)
     report = service.ground(st, image, phrases, detect_all, options)
     session["ground_result"] = report["id"]
+    session["ground_image"] = prepared.read_image_id(payload)  # kept in the form, to ask again about it
     session["max_tiles"] = options.max_tiles
-    return redirect(url_for(".ground_page"), 303)
+    return redirect(url_for(".ground_page", _anchor="result"), 303)
 
 
 @bp.post("/images")
@@ -182,7 +210,7 @@ def tile_labels() -> list[str]:
         if n == 2:
             return gettext("fast")
         if n <= 4:
-            return gettext("slower")
+            return gettext("medium")
         if n <= 8:
             return gettext("slow")
         return gettext("slowest, most detail")
@@ -233,14 +261,91 @@ def _page_strings() -> dict:
             "stopped": gettext("Stopped. This answer is not kept in the conversation."),
             "working": gettext("Working…"), "prep_sending": gettext("Sending the image…"),
             "prep_reading": gettext("Reading the image… %(done)d/%(total)d"), "prep_ready": gettext("Image ready"),
-            "prep_failed": gettext("The image could not be read ahead; it will be read when you ask.")}
+            "prep_failed": gettext("The image could not be read ahead; it will be read when you ask."),
+            "copy": gettext("Copy"), "copied": gettext("Copied"), "timing_s": gettext("%(s)s s"),
+            "timing_rate": gettext("%(rate)s tokens/s"), "tokens": _token_forms(),
+            "decimal": get_decimal_symbol(get_locale())}
+
+
+def _token_forms() -> dict:
+    """The "%(num)d tokens" form of each plural category of the language (as Intl.PluralRules names them)."""
+    locale = get_locale()
+    return {locale.plural_form(n): ngettext("%(num)d token", "%(num)d tokens", n).replace(str(n), "%(num)d", 1)
+            for n in (0, 1, 2, 5, 21)}
+
+
+def _one_decimal(x: float) -> str:
+    """x with one decimal as chat.js writes it (toFixed(1)), with the language's decimal sign."""
+    return f"{x:.1f}".replace(".", get_decimal_symbol(get_locale()))
+
+
+def timing_line(meta: dict | None) -> str:
+    """'1.2 s · 34 tokens · 28.3 tokens/s' under an answer, in the reader's language (chat.js writes the same)."""
+    timings, used = (meta or {}).get("timings") or {}, (meta or {}).get("usage") or {}
+    parts = []
+    if timings.get("total_s") is not None:
+        parts.append(gettext("%(s)s s", s=_one_decimal(timings["total_s"])))
+    if used.get("completion_tokens") is not None:
+        parts.append(ngettext("%(num)d token", "%(num)d tokens", used["completion_tokens"]))
+    if timings.get("decode_tok_s"):
+        parts.append(gettext("%(rate)s tokens/s", rate=_one_decimal(timings["decode_tok_s"])))
+    return " · ".join(parts)
+
+
+def note_text(note: str) -> str:
+    """One of runtime.grounding's notes on an answer in the reader's language (as it is when not known)."""
+    for pattern, text in NOTES:
+        match = pattern.fullmatch(note)
+        if match:
+            return gettext(text, **match.groupdict())
+    return note
+
+
+def _kept_image(image_id) -> dict | None:
+    """The image read ahead that the grounding form sends again (its id and a preview), while it exists."""
+    st = state()
+    if not isinstance(image_id, str) or not valid_id(image_id) or not st.engine.ready:
+        return None
+    try:
+        picture, _ = prepared.read_image_or_prepared(Payload(values={"image_id": [image_id]}), st)
+        preview = st.images.run(thumbnail_url, picture.image, PREVIEW_SIDE)
+    except Busy:  # no room for the work now: the form still sends the image, shown without its preview
+        preview = None
+    except RuntimeFailure:  # expired, or replaced by another image of this browser
+        return None
+    return {"image_id": image_id, "preview": preview}
+
+
+@bp.app_template_filter("translated")
+def translated(text: str) -> str:
+    """A string marked with N_ (the OpenAPI document's descriptions) in the reader's language, as plain text."""
+    return gettext(text) if text else ""
+
+
+@bp.app_template_global()
+def api_example(path: str, method: str, op: dict) -> str:
+    """A curl command for one operation on /docs, built from its fields' examples."""
+    url = request.host_url.rstrip("/") + re.sub(r"\{(\w+)\}", lambda m: "$" + m.group(1).upper(), path)
+    args = [] if method == "get" or "requestBody" in op else ["-X " + method.upper()]
+    if state().settings.api_key:
+        args.append('-H "Authorization: Bearer $API_KEY"')
+    content = op.get("requestBody", {}).get("content", {})
+    if "multipart/form-data" in content:
+        for name, prop in content["multipart/form-data"]["schema"]["properties"].items():
+            example = "@photo.jpg" if prop.get("format") == "binary" else prop.get("example")  # curl sends the file
+            for value in (example if isinstance(example, list) else [example] if example is not None else []):
+                args.append("-F " + shlex.quote(f"{name}={value}"))
+    elif "example" in content.get("application/json", {}):
+        args += ["-H 'Content-Type: application/json'",
+                 "-d " + shlex.quote(json.dumps(content["application/json"]["example"], ensure_ascii=False))]
+    return "curl " + " \\\n     ".join([*args, url])
 
 
 def render_chat(conv: Conversation, errors: dict | None = None, form: dict | None = None) -> str:
     """The chat page with the dialog, the form (values kept) and errors next to their fields."""
     form = form or {}
-    entries = [{"role": t.role, "text": t.text, "thumb": conv.thumbs.get(i), "kind": conv.kinds.get(i)}
-               for i, t in enumerate(conv.turns)]
+    entries = [{"role": t.role, "text": t.text, "thumb": conv.thumbs.get(i), "kind": conv.kinds.get(i),
+                "meta": timing_line(conv.metas.get(i))} for i, t in enumerate(conv.turns)]
     return render_template("chat.html", entries=entries, errors=errors or {}, form=form,
                            tiles=_tiles_value(form), strings=_page_strings(), settings=state().settings,
                            has_image=service.latest_image(conv) is not None, info=state().info(),
@@ -248,20 +353,23 @@ def render_chat(conv: Conversation, errors: dict | None = None, form: dict | Non
 
 
 def render_ground(report: dict | None, errors: dict | None = None, form: dict | None = None) -> str:
-    """The grounding page with the form, errors next to their fields, and the result when there is one."""
+    """The grounding page: the form (values and image kept), errors by their fields, and the last result."""
     form = form or {}
     if report is not None and not form:
         form = {"phrases": ", ".join(report.get("phrases", [])), "detect_all": report.get("detect_all")}
-    return render_template("ground.html", report=report, errors=errors or {}, form=form,
-                           tiles=_tiles_value(form), strings=_page_strings(), settings=state().settings,
-                           info=state().info(), phase_labels=phase_labels())
+    kept = _kept_image(form.get("image_id") if errors else session.get("ground_image"))
+    report_json = json.dumps(report, ensure_ascii=False, indent=2) if report is not None else ""
+    notes = [note_text(p) for p in (report or {}).get("problems", [])]
+    return render_template("ground.html", report=report, report_json=report_json, notes=notes, kept=kept,
+                           errors=errors or {}, form=form, tiles=_tiles_value(form), strings=_page_strings(),
+                           settings=state().settings, info=state().info(), phase_labels=phase_labels())
 
 
 # endpoint -> render(field, message): the form page again, the values kept, the message by its field
 FORM_ERRORS = {
     "pages.chat_post": lambda field, message: render_chat(_conversation() or Conversation(id=""),
                                                           {field: message}, g.get("form", {})),
-    "pages.ground_post": lambda field, message: render_ground(None, {field: message}, g.get("form", {})),
+    "pages.ground_post": lambda field, message: render_ground(_last_report(), {field: message}, g.get("form", {})),
     "pages.login_post": lambda field, message: render_template(
         "login.html", next=local_target(request.form.get("next", "")) or "", error=message),
 }

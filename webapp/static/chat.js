@@ -12,8 +12,7 @@
   }
 
   function addBubble(dialog, role, who, text, thumbUrl) {
-    var empty = document.getElementById("dialog-empty");
-    if (empty) { empty.remove(); }
+    document.getElementById("dialog-empty").hidden = true;
     var bubble = el("div", "bubble " + role);
     bubble.appendChild(el("span", "who", who));
     if (thumbUrl) {
@@ -23,33 +22,64 @@
       bubble.appendChild(img);
     }
     var body = el("p", "text", text);
-    var meta = el("p", "meta");
     bubble.appendChild(body);
-    bubble.appendChild(meta);
-    dialog.appendChild(bubble);
+    var timing = null;
+    if (role.indexOf("assistant") === 0) {  // its timing line and a copy button, as the page draws them
+      var i18n = strings();
+      var meta = el("p", "meta");
+      timing = meta.appendChild(el("span", "timing"));
+      var copy = meta.appendChild(el("button", "copy", i18n.copy));
+      copy.type = "button";
+      copy.setAttribute("data-copy", ".text");
+      copy.setAttribute("data-copied", i18n.copied);
+      bubble.setAttribute("data-copy-scope", "");
+      bubble.appendChild(meta);
+    }
+    dialog.insertBefore(bubble, document.getElementById("dialog-empty"));
     bubble.scrollIntoView({block: "end"});
-    return {node: bubble, text: body, meta: meta};
+    return {node: bubble, text: body, timing: timing};
+  }
+
+  function removeBubbles(dialog, bubbles) {
+    bubbles.forEach(function (b) { b.node.remove(); });
+    document.getElementById("dialog-empty").hidden = dialog.querySelector(".bubble") !== null;
+  }
+
+  function strings() {
+    return JSON.parse(document.getElementById("i18n").textContent);
   }
 
   function clearErrors(form) {
     form.querySelectorAll(".field-error").forEach(function (p) { p.textContent = ""; p.hidden = true; });
   }
 
+  // The message next to its field, brought into view with the field focused.
   function showError(form, error) {
     var param = error.param === "image_id" ? "image" : error.param;
     var slot = (param && document.getElementById("error-" + param)) ||
       document.getElementById("error-form");
     slot.textContent = error.message || String(error);
     slot.hidden = false;
+    var field = slot.closest(".field");
+    var control = field && field.querySelector("textarea, input:not([type=hidden])");
+    slot.scrollIntoView({block: "center"});
+    if (control) { control.focus({preventScroll: true}); }
   }
 
-  function timingText(answer) {
+  // "1.2 s · 34 tokens · 28.3 tokens/s" in the page's language (webapp/pages.py timing_line writes the same).
+  function timingText(answer, i18n) {
     var t = answer.timings || {};
     var u = answer.usage || {};
+    var lang = document.documentElement.lang || "en";
+    function num(x) { return x.toFixed(1).replace(".", i18n.decimal || "."); }
     var parts = [];
-    if (t.total_s !== undefined) { parts.push(t.total_s.toFixed(1) + " s"); }
-    if (u.completion_tokens !== undefined) { parts.push(u.completion_tokens + " tok"); }
-    if (t.decode_tok_s) { parts.push(t.decode_tok_s.toFixed(1) + " tok/s"); }
+    if (t.total_s !== undefined) { parts.push(i18n.timing_s.replace("%(s)s", num(t.total_s))); }
+    if (u.completion_tokens !== undefined) {
+      var forms = i18n.tokens || {};
+      var form = forms[new Intl.PluralRules(lang).select(u.completion_tokens)] || forms.other || forms.many;
+      parts.push(form.replace("%(num)d", u.completion_tokens));
+    }
+    if (t.decode_tok_s) { parts.push(i18n.timing_rate.replace("%(rate)s", num(t.decode_tok_s))); }
     return parts.join(" · ");
   }
 
@@ -84,6 +114,7 @@
     var buttons = form.querySelectorAll("button[type=submit]");
     var fileInput = form.querySelector("input[type=file]");
     var zone = form.querySelector("[data-dropzone]");
+    var question = document.getElementById("question");
     var controller = null;
 
     function busy(on) {
@@ -124,8 +155,7 @@
         }
         if (!response.ok) {
           var body = await response.json().catch(function () { return {error: {message: i18n.network}}; });
-          mine.node.remove();
-          reply.node.remove();
+          removeBubbles(dialog, [mine, reply]);
           showError(form, body.error || {});
           return;
         }
@@ -138,22 +168,29 @@
             showError(form, obj.error);
           } else if (obj.answer !== undefined) {
             reply.text.textContent = obj.answer;
-            reply.meta.textContent = timingText(obj);
+            reply.timing.textContent = timingText(obj, i18n);
             reply.node.classList.remove("pending");
           }
         });
-        document.getElementById("question").value = "";
+        question.value = "";
         if (zone && zone.resetPreview) { zone.resetPreview(); }
       } catch (err) {
         reply.node.classList.remove("pending");
         if (err.name === "AbortError") {
-          reply.meta.textContent = i18n.stopped;
+          reply.text.textContent = text;  // not "Thinking…" when stopped before the first word
+          reply.timing.textContent = i18n.stopped;
         } else {
           showError(form, {message: i18n.network});
         }
       } finally {
         controller = null;
         busy(false);
+      }
+      // Ready for the next question, with the answer in view (the button pressed had been disabled, which
+      // sent the focus back to the top of the page). An error shown instead keeps the view and the focus.
+      if (!form.querySelector(".field-error:not([hidden])")) {
+        reply.node.scrollIntoView({block: "nearest"});
+        question.focus({preventScroll: true});
       }
     });
   }

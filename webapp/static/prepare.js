@@ -94,7 +94,7 @@
       if (known) {
         var again = new FormData();
         again.set("image_id", known.image_id);
-        try { return await start(again); } catch (err) { if (err.code !== "not_found") { throw err; } }
+        try { return await start(again); } catch (err) { if (err.code !== "not_found" || !file) { throw err; } }
       }
       var upload = new FormData();
       upload.set("image", file);
@@ -123,7 +123,25 @@
       var file = input.files && input.files[0];
       if (!file) { say(""); pending = Promise.resolve(); return; }
       say(i18n.prep_sending, "sending");
-      pending = prepare(mine, file).catch(function (err) {
+      pending = failsNextToField(mine, prepare(mine, file));
+    }
+
+    // The image kept from the last grounding (no file chosen, its image_id in the form): read again from
+    // its id at the new tile budget.
+    function keptChanged() {
+      round += 1;
+      var mine = round;
+      say(i18n.prep_sending, "sending");
+      pending = failsNextToField(mine, startFor(null, {image_id: hidden.value}).then(function (status) {
+        if (mine !== round) { return; }
+        hidden.value = status.image_id;
+        show(status);
+        poll(mine, status.status_url);
+      }));
+    }
+
+    function failsNextToField(mine, work) {
+      return work.catch(function (err) {
         if (mine !== round) { return; }
         say("");
         error.textContent = (err && err.message) || i18n.network;
@@ -133,7 +151,9 @@
 
     zone.addEventListener("imagechange", changed);
     if (tiles) {
-      tiles.addEventListener("change", function () { if (input.files && input.files.length) { changed(); } });
+      tiles.addEventListener("change", function () {
+        if (input.files && input.files.length) { changed(); } else if (hidden.value) { keptChanged(); }
+      });
     }
     // The image_id to send instead of the file ("" when there is none), once the upload has been answered.
     zone.preparedId = async function () {
