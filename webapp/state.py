@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from flask import current_app
 
 from webapp.imagework import ImageQueue
+from runtime.contract import EngineContract
 from webapp.metrics import Metrics
 from webapp.settings import WebSettings
 from webapp.store import ResultStore, SessionStore
@@ -20,7 +21,7 @@ class AppState:
     """Shared, thread-safe objects of one app instance (kept in app.extensions["webapp"])."""
 
     settings: WebSettings
-    engine: object  # runtime.engine.Engine (or a test double with the same methods)
+    engine: EngineContract  # runtime.engine.Engine, or a stand-in keeping the same contract
     sessions: SessionStore
     results: ResultStore
     metrics: Metrics
