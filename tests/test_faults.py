@@ -174,8 +174,9 @@ def test_too_few_web_threads_for_the_queue_is_warned(monkeypatch, fake_engine, c
     monkeypatch.setenv("WEB_THREADS", "4")  # the fake engine reports MAX_QUEUE=8
     monkeypatch.setattr(main, "create_app", lambda settings: webapp.create_app(settings, fake_engine))
     monkeypatch.setattr(main, "serve", lambda app, **kw: None)
+    monkeypatch.setattr(main.signal, "signal", lambda *args: None)  # keep pytest's own SIGTERM handling
     with caplog.at_level(logging.WARNING):
-        assert main.main() == 0
+        assert main.main([]) == 0
     assert "WEB_THREADS=4 is not above MAX_QUEUE + CONCURRENCY = 9" in caplog.text
 
 

@@ -129,7 +129,8 @@ def snapshot_of(cache: Path, repo: str) -> Path:
 
 def one_line_error(run: Run) -> str:
     """The CLI's error line, checking it is the only one and no traceback was printed."""
-    lines = [line for line in run.stderr.splitlines() if line.startswith("export: error:")]
+    # a progress bar's last state (written with "\r", no newline) may share the line: take the message from it
+    lines = [line[line.index("export: error:"):] for line in run.stderr.splitlines() if "export: error:" in line]
     assert run.returncode == 1 and len(lines) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
     assert run.events and run.events[-1]["phase"] == "failed"
     return lines[0]
