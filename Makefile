@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 EXTRAS ?= export
 TEST_EXTRAS := export,test
-OPTIMUM_INTEL := optimum-intel==2.2.0
+OPTIMUM_INTEL := optimum-intel==2.1.0
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
@@ -21,7 +21,7 @@ $(PY):
 	$(PIP) install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PIP) install -e ".[$(EXTRAS)]"
+	$(PIP) install -e ".$(if $(EXTRAS),[$(EXTRAS)])"
 	@case ",$(EXTRAS)," in *,export,*) $(PIP) install --no-deps "$(OPTIMUM_INTEL)";; esac
 	@touch $@
 
@@ -48,6 +48,11 @@ test-slow:  ## the slow tier (full-size model, soak)
 	$(MAKE) EXTRAS=$(TEST_EXTRAS) venv
 	$(PY) -m pytest -q -m slow
 
+.PHONY: test-docker
+test-docker:  ## build Dockerfile.cpu and use the image end to end (a Docker daemon, host networking; 10-25 min)
+	$(MAKE) EXTRAS=$(TEST_EXTRAS) venv
+	$(PY) tests/docker/check_image.py
+
 bench: ## side-by-side speed benchmark on the exact InternVL3.5-1B configuration (minutes)
 	$(MAKE) EXTRAS=export,test,bench venv
 	$(PY) -m bench
@@ -55,6 +60,11 @@ bench: ## side-by-side speed benchmark on the exact InternVL3.5-1B configuration
 bench-quality: ## error of each precision / compute option against fp32, full-size and tiny model (~10 min)
 	$(MAKE) EXTRAS=export,test,bench venv
 	$(PY) -m bench.quality
+
+.PHONY: bench-export
+bench-export: ## wall time and peak RSS of `python -m export` on the real-size configuration, per precision (~15 min)
+	$(MAKE) EXTRAS=export,test,bench venv
+	$(PY) -m bench.export
 
 clean:  ## remove the virtual environment (the model cache is kept)
 	rm -rf $(VENV)

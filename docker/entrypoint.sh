@@ -1,7 +1,9 @@
 #!/bin/sh
-# Container entrypoint: check the cache volume, export the model once, then serve.
+# Container entrypoint: check the cache volume, drop root, then serve.
 #
-#   entrypoint.sh              export MODEL_NAME at EXPORT_PRECISION unless done, then serve
+#   entrypoint.sh              serve (`python -m webapp`): the server answers at once and, on a first
+#                              start, downloads and exports MODEL_NAME in the background (/health shows
+#                              the phase, or the reason it failed)
 #   entrypoint.sh CMD [ARG...] run CMD instead (e.g. `python -m export --check`), same user and checks
 #
 # Started as root (the image default), it only makes sure the cache is writable and then re-runs
@@ -69,18 +71,6 @@ drop_root() {
     rerun_as "$uid:$gid" "$@"
 }
 
-export_model() {
-    model="${MODEL_NAME:-OpenGVLab/InternVL3_5-1B}"
-    precision="${EXPORT_PRECISION:-int8}"
-    if "$PYTHON" -m export --check; then
-        log "found the $precision export of $model in $CACHE_DIR"
-        return 0
-    fi
-    log "exporting $model at $precision into $CACHE_DIR (a Hub model is downloaded first, ~2 GB for InternVL3.5-1B; this takes minutes)"
-    "$PYTHON" -m export || die "export of $model failed (see above); fix it and restart"
-    log "export finished"
-}
-
 check_cache_exists
 if [ "$(id -u)" = 0 ] && [ -n "${APP_USER:-}" ]; then
     drop_root "$@"
@@ -91,8 +81,5 @@ if [ "$#" -gt 0 ]; then
     exec "$@"
 fi
 
-export_model
-# Everything the server needs is in the cache now: never reach for the Hub while serving.
-export HF_HUB_OFFLINE=1
-log "starting the web app on ${HOST:-0.0.0.0}:${PORT:-7860}"
+log "starting the web app on ${HOST:-0.0.0.0}:${PORT:-7860} (cache $CACHE_DIR)"
 exec "$PYTHON" -m webapp
