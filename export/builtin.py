@@ -27,20 +27,23 @@ CHAT_TEMPLATE = (
     "{{'<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
 )
 
-# name -> (vision kwargs, text kwargs, vocabulary size of the trained tokenizer)
+# name -> (vision kwargs, text kwargs, vocabulary size of the trained tokenizer, dtype of the weights on disk)
 SIZES = {
     "tiny-random": (
         dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
         dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
              intermediate_size=128, max_position_embeddings=8192),
         1024,
+        "float32",  # the parity tests compare the export with these weights as they are
     ),
-    # The exact InternVL3.5-1B configuration (model-facts.md): same compute as the real weights.
+    # The exact InternVL3.5-1B configuration (model-facts.md): same compute and, in bf16 like the published
+    # checkpoint, the same bytes to read and convert as the real weights.
     "random-1b": (
         dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
         dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
              intermediate_size=3072, max_position_embeddings=40960, rope_theta=1_000_000.0),
         151936,
+        "bfloat16",
     ),
 }
 
@@ -85,11 +88,11 @@ def build_tokenizer(vocab_size: int):
 
 
 def build_model(size: str, tokenizer, seed: int = 0):
-    """A random InternVLForConditionalGeneration of the named size, untied lm_head, fp32."""
+    """A random InternVLForConditionalGeneration of the named size, untied lm_head, in the size's dtype."""
     import torch
     from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig, Qwen3Config
 
-    vision_kw, text_kw, vocab = SIZES[size]
+    vision_kw, text_kw, vocab, dtype = SIZES[size]
     vocab = max(vocab, len(tokenizer))
     vision = InternVLVisionConfig(**vision_kw, attention_bias=True, image_size=[448, 448], patch_size=[14, 14],
                                   layer_norm_eps=1e-6, use_mean_pooling=False)
@@ -100,7 +103,8 @@ def build_model(size: str, tokenizer, seed: int = 0):
                             image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), image_seq_length=256)
     config.architectures = ["InternVLForConditionalGeneration"]
     torch.manual_seed(seed)
-    model = InternVLForConditionalGeneration(config).eval()
+    # Built in its own dtype: the full-size model never exists in fp32 (4.2 GB) on the way to disk.
+    model = InternVLForConditionalGeneration._from_config(config, dtype=getattr(torch, dtype)).eval()
     if size == "tiny-random":
         _widen_init(model)
     return model
@@ -128,10 +132,22 @@ def write_builtin(model_name: str, out_dir: Path) -> Path:
     tokenizer = build_tokenizer(SIZES[size][2])
     model = build_model(size, tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
+    save_model(model, out_dir)
     write_image_processor(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def save_model(model, out_dir: Path) -> None:
+    """config.json, generation_config.json and model.safetensors, the weights written one tensor at a time
+    (save_pretrained assembles the whole file in memory first: a second copy of the model)."""
+    from export.original import write_safetensors
+
+    model.config.dtype = model.dtype
+    model.config.save_pretrained(out_dir)
+    model.generation_config.save_pretrained(out_dir)
+    plan = [(name, t.dtype, list(t.shape), lambda t=t: t) for name, t in model.state_dict().items()]
+    write_safetensors(out_dir / "model.safetensors", plan)
 
 
 def write_image_processor(out_dir: Path, max_patches: int = 12) -> None:

@@ -1,10 +1,13 @@
 """Convert an original-format InternVL checkpoint (`internvl_chat`) to the transformers-native layout.
 
 Our own key mapping (as in transformers' convert_internvl_weights_to_hf.py); no code from the Hub runs.
+Tensors are read and written one at a time with plain file reads and writes (never mapped), so the
+conversion holds at most one tensor (the largest is the 300 MB embedding table) however large the model.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -28,6 +31,11 @@ _PROJECTOR = {"mlp1.0.": "model.multi_modal_projector.layer_norm.", "mlp1.1.": "
               "mlp1.3.": "model.multi_modal_projector.linear_2."}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
                     "added_tokens.json", "generation_config.json")
+# safetensors dtype name -> (torch dtype name, bytes per element)
+_DTYPES = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
+           "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1), "U8": ("uint8", 1),
+           "BOOL": ("bool", 1)}
+_MAX_HEADER = 100 * 2**20  # a larger header means a damaged file, not a model
 
 
 def map_key(key: str) -> str:
@@ -46,17 +54,14 @@ def map_key(key: str) -> str:
     raise ExportError(f"unexpected parameter {key!r} in the original checkpoint")
 
 
-def convert_state_dict(state: dict, vision_hidden: int) -> dict:
-    """Rename every tensor and split fused vision qkv rows into q_proj / k_proj / v_proj."""
-    out = {}
-    for key, tensor in state.items():
-        new = map_key(key)
-        if ".attention.qkv." in new:
-            for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
-                out[new.replace(".qkv.", f".{name}.")] = tensor[i * vision_hidden:(i + 1) * vision_hidden].clone()
-        else:
-            out[new] = tensor
-    return out
+def native_pieces(key: str, vision_hidden: int) -> list[tuple[str, slice | None]]:
+    """(native name, rows of the original tensor or None for all of it) for one original tensor: fused vision
+    qkv rows split into q_proj / k_proj / v_proj."""
+    new = map_key(key)
+    if ".attention.qkv." not in new:
+        return [(new, None)]
+    return [(new.replace(".qkv.", f".{name}."), slice(i * vision_hidden, (i + 1) * vision_hidden))
+            for i, name in enumerate(("q_proj", "k_proj", "v_proj"))]
 
 
 def convert_config(original: dict, image_token_id: int):
@@ -84,25 +89,120 @@ def convert_config(original: dict, image_token_id: int):
     return config
 
 
-def load_safetensors_folder(folder: Path) -> dict:
-    """All tensors of a (possibly sharded) safetensors checkpoint; clear errors for missing or corrupt files."""
-    from safetensors.torch import load_file
+# ---------------------------------------------------------------- safetensors, one tensor at a time
 
+
+def safetensors_index(folder: Path) -> dict[str, tuple[Path, dict]]:
+    """name -> (file, header entry) of every tensor of a (possibly sharded) safetensors checkpoint; nothing is
+    read but the headers. Clear errors for missing or damaged files."""
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ExportError(f"no *.safetensors weights in {folder}")
-    state = {}
-    for f in files:
-        try:
-            state.update(load_file(str(f)))
-        except Exception as exc:  # safetensors raises several types for a damaged file
-            raise ExportError(f"corrupt weights file {f.name}: {exc}") from None
-    return state
+    index = {}
+    for path in files:
+        for name, entry in _read_header(path).items():
+            index[name] = (path, entry)
+    return index
+
+
+def _read_header(path: Path) -> dict:
+    """The tensor entries of one safetensors file, each with its absolute byte range ('begin', 'end')."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if not 0 < length <= min(_MAX_HEADER, size - 8):
+                raise ValueError("header length out of range")
+            header = json.loads(f.read(length))
+        header.pop("__metadata__", None)
+        for name, entry in header.items():
+            itemsize = _DTYPES[entry["dtype"]][1]
+            start, stop = entry["data_offsets"]
+            entry["begin"], entry["end"] = 8 + length + start, 8 + length + stop
+            if stop - start != math.prod(entry["shape"]) * itemsize or entry["end"] > size:
+                raise ValueError(f"tensor {name} lies outside the file")
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise ExportError(f"corrupt weights file {path.name}: {exc}") from None
+    return header
+
+
+def read_tensor(path: Path, entry: dict):
+    """One tensor read with plain file reads: mapped pages would count as this process's memory until unmapped."""
+    import torch
+
+    data = torch.empty(entry["end"] - entry["begin"], dtype=torch.uint8)
+    with path.open("rb") as f:
+        f.seek(entry["begin"])
+        if f.readinto(data.numpy()) != len(data):
+            raise ExportError(f"corrupt weights file {path.name}: it ends inside tensor data")
+    return data.view(getattr(torch, _DTYPES[entry["dtype"]][0])).reshape(entry["shape"])
+
+
+def write_safetensors(path: Path, plan: list[tuple[str, object, list[int], object]]) -> None:
+    """Write a safetensors file from (name, dtype, shape, produce) rows, calling produce() for one tensor at a
+    time; dtype is a safetensors name ('BF16') or a torch dtype."""
+    import torch
+
+    codes = {getattr(torch, name): code for code, (name, _) in _DTYPES.items()}
+    entries, offset = {}, 0
+    for name, dtype, shape, _ in plan:
+        dtype = codes.get(dtype, dtype)
+        size = math.prod(shape) * _DTYPES[dtype][1]
+        entries[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    header = json.dumps({"__metadata__": {"format": "pt"}, **entries}, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with path.open("wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header)
+        for _, _, _, produce in plan:
+            f.write(produce().contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+# ---------------------------------------------------------------- the conversion
+
+
+def convert_weights(src: Path, dst_file: Path, config) -> str:
+    """Stream the original tensors of src into dst_file under their native names; returns the weights' dtype name."""
+    index = safetensors_index(src)
+    expected = _native_shapes(config)
+    plan = []
+    for key, (path, entry) in sorted(index.items()):
+        for name, rows in native_pieces(key, config.vision_config.hidden_size):
+            shape = list(entry["shape"])
+            if rows is not None:
+                shape[0] = rows.stop - rows.start
+            plan.append((name, entry["dtype"], shape, _producer(path, entry, rows)))
+    names = {name for name, *_ in plan}
+    missing = [k for k in expected if k not in names and not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    unexpected = sorted(names - expected.keys())
+    wrong = [n for n, _, shape, _ in plan if n in expected and expected[n] != shape]
+    if missing or unexpected or wrong:
+        raise ExportError(f"original checkpoint does not match InternVL: missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}")
+    write_safetensors(dst_file, plan)
+    floats = [dtype for _, dtype, _, _ in plan if dtype in ("F32", "F16", "BF16")]
+    return _DTYPES[max(set(floats), key=floats.count)][0] if floats else "float32"
+
+
+def _producer(path: Path, entry: dict, rows: slice | None):
+    """A callable reading one tensor, or some of its rows (a fused qkv tensor is small: read once per piece)."""
+    return lambda: read_tensor(path, entry) if rows is None else read_tensor(path, entry)[rows]
+
+
+def _native_shapes(config) -> dict[str, list[int]]:
+    """Parameter name -> shape of the native model, from a model built on the meta device (no memory)."""
+    import torch
+    from transformers import InternVLForConditionalGeneration
+
+    with torch.device("meta"):
+        model = InternVLForConditionalGeneration(config)
+    return {name: list(t.shape) for name, t in model.state_dict().items()}
 
 
 def convert_original(src: Path, dst: Path) -> Path:
     """Write a native-format copy of the original checkpoint at src into dst; returns dst."""
-    from transformers import AutoTokenizer, InternVLForConditionalGeneration
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig
 
     from export.builtin import CHAT_TEMPLATE, IMAGE_TOKENS, write_image_processor
 
@@ -110,15 +210,10 @@ def convert_original(src: Path, dst: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(str(src), extra_special_tokens=IMAGE_TOKENS, trust_remote_code=False)
     image_token_id = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
     config = convert_config(original, image_token_id)
-    state = convert_state_dict(load_safetensors_folder(src), config.vision_config.hidden_size)
-    model = InternVLForConditionalGeneration(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
-    if missing or unexpected:
-        raise ExportError(f"original checkpoint does not match InternVL: missing {missing[:3]}, "
-                          f"unexpected {unexpected[:3]}")
     dst.mkdir(parents=True, exist_ok=True)
-    model.to(next(iter(state.values())).dtype).save_pretrained(dst)
+    config.dtype = getattr(torch, convert_weights(src, dst / "model.safetensors", config))
+    config.save_pretrained(dst)
+    GenerationConfig.from_model_config(config).save_pretrained(dst)  # what the model's save_pretrained writes
     if tokenizer.chat_template is None:
         tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(dst)
